@@ -1,0 +1,1 @@
+"""The OpenAI-compatible request and response shapes, shared by CLI and gateway."""

@@ -1,0 +1,102 @@
+"""Build OpenAI ``chat.completion`` objects and stream chunks from an Outcome.
+
+``message.content`` is the answer; ``message.reasoning_content`` carries the
+thinking only when it is visible (the field vLLM, SGLang and DeepSeek clients
+read).  The ``ponder`` object adds what OpenAI has no field for: the lane, the
+thinking report, the cost and the timings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ponder.service import Outcome
+from ponder.strategies.base import StrategyResult
+from ponder.types import Usage
+
+
+def thinking_block(result: StrategyResult) -> dict:
+    rep = result.chosen.thinking_report
+    return {
+        "budget": rep.budget,
+        "min": rep.min,
+        "effort": rep.effort,
+        "used": rep.used,
+        "truncated": rep.truncated,
+        "stopped": rep.stopped,
+        "continuations": rep.continuations,
+    }
+
+
+def ponder_block(outcome: Outcome, *, degraded: dict | None = None) -> dict:
+    plan = outcome.plan
+    first = outcome.results[0] if outcome.results else None
+    block: dict[str, Any] = {
+        "lane": plan.lane.name,
+        "model": outcome.model,
+        "route": plan.route,
+        "strategy": plan.strategy,
+        "visibility": plan.visibility,
+        "thinking": thinking_block(first) if first else None,
+        "cost_usd": round(outcome.cost_usd, 10),
+        "timings": outcome.timings.to_dict(),
+        "samples": sum(r.n_samples for r in outcome.results),
+    }
+    if first is not None and plan.strategy != "single":
+        block["decision"] = first.decision
+        block["confidence"] = first.confidence
+    if degraded:
+        block["degraded"] = degraded
+    block.update(outcome.extra)
+    return block
+
+
+def message_of(result: StrategyResult, visibility: str) -> dict:
+    msg: dict[str, Any] = {"role": "assistant", "content": result.answer}
+    if visibility == "visible" and result.chosen.thinking:
+        msg["reasoning_content"] = result.chosen.thinking
+    return msg
+
+
+def completion_body(outcome: Outcome) -> dict:
+    """The non-streaming response body (``ponder ask --json`` prints this)."""
+    choices = []
+    for i, r in enumerate(outcome.results):
+        choices.append(
+            {
+                "index": i,
+                "message": message_of(r, outcome.plan.visibility),
+                "finish_reason": _finish(r.chosen.finish_reason),
+                "logprobs": None,
+            }
+        )
+    return {
+        "id": outcome.id,
+        "object": "chat.completion",
+        "created": outcome.created,
+        "model": outcome.model,
+        "choices": choices,
+        "usage": outcome.usage.to_openai(),
+        "ponder": ponder_block(outcome),
+    }
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def chunk(cid: str, created: int, model: str, *, index: int = 0, delta: dict | None = None,
+          finish_reason: str | None = None, usage: Usage | None = None, ponder: dict | None = None,
+          choices: bool = True) -> dict:
+    body: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": index, "delta": delta or {}, "finish_reason": finish_reason, "logprobs": None}] if choices else [],
+    }
+    if usage is not None:
+        body["usage"] = usage.to_openai()
+    if ponder is not None:
+        body["ponder"] = ponder
+    return body

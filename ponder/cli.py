@@ -1,0 +1,186 @@
+"""The ``ponder`` command line.
+
+Every command turns user errors into one line on stderr and exit code 2;
+stack traces are reserved for bugs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from ponder import __version__
+from ponder.errors import PonderError
+
+#: request fields -> the CLI flag that sets them, for error messages
+FLAG_FOR_PARAM = {
+    "reasoning_effort": "--effort",
+    "effort": "--effort",
+    "max_thinking_tokens": "--max-thinking-tokens",
+    "min_thinking_tokens": "--min-thinking-tokens",
+    "model": "--model",
+    "messages": "QUESTION",
+    "temperature": "--temperature",
+    "max_completion_tokens": "--max-answer-tokens",
+    "seed": "--seed",
+    "ponder.strategy": "--strategy",
+    "ponder.params": "--param",
+}
+
+
+class PonderGroup(click.Group):
+    """Catches ponder's typed errors: one line, exit 2, no trace."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PonderError as exc:
+            flag = FLAG_FOR_PARAM.get(exc.param or "", exc.param)
+            message = exc.message
+            if exc.param and message.startswith(f"{exc.param}: "):
+                message = message[len(exc.param) + 2 :]
+            prefix = f"{flag}: " if flag and not message.startswith(str(flag)) else ""
+            click.echo(f"error: {prefix}{message}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=PonderGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ponder")
+def main() -> None:
+    """ponder: decide how much a model thinks, enforce it, account for it.
+
+    \b
+    ponder ask     answer one question under a thinking budget
+    ponder serve   run the OpenAI-compatible gateway
+    """
+
+
+def _load(config_path: str | None, model: str | None):
+    from ponder.config import load_config
+
+    config = load_config(config_path)
+    if model and model not in {lane.name for lane in config.lanes}:
+        # a model name or GGUF path: run the default lane on that model
+        lane = config.lane(None)
+        lanes = [ln.model_copy(update={"model": model}) if ln.name == lane.name else ln for ln in config.lanes]
+        config = config.model_copy(update={"lanes": lanes})
+        model = None
+    return config, model
+
+
+@main.command()
+@click.argument("question")
+@click.option("--effort", default=None, help="Thinking effort tier: none, minimal, low, medium, high, max (configurable).")
+@click.option("--max-thinking-tokens", type=int, default=None, help="Hard cap on thinking tokens; overrides --effort.")
+@click.option("--min-thinking-tokens", type=int, default=None, help="Keep the model thinking at least this long.")
+@click.option("--show-thinking", is_flag=True, help="Print the thinking before the answer.")
+@click.option("--model", default=None, help="A lane name from the config, a known model name, or a GGUF path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the OpenAI chat.completion object the gateway returns.")
+@click.option("--system", default=None, help="A system prompt.")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (default 0.6).")
+@click.option("--seed", type=int, default=None, help="Sampling seed, for reproducible answers.")
+@click.option("--max-answer-tokens", type=int, default=None, help="Tokens reserved for the answer (default: the lane's).")
+@click.option("--strategy", default=None, help="Test-time strategy (see `ponder strategies`).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A strategy parameter; repeatable.")
+@click.option("--config", "config_path", default=None, type=click.Path(), help="ponder YAML config.")
+def ask(question, effort, max_thinking_tokens, min_thinking_tokens, show_thinking, model, as_json, system,
+        temperature, seed, max_answer_tokens, strategy, params, config_path) -> None:
+    """Answer QUESTION under a thinking budget.
+
+    \b
+    Examples:
+      ponder ask "What is 17 * 23?" --effort low
+      ponder ask "What is 17 * 23?" --max-thinking-tokens 32 --show-thinking
+      ponder ask "Hi" --effort none --json
+    """
+    from ponder.api.request import parse_request
+    from ponder.api.response import completion_body
+    from ponder.service import Ponder
+
+    if not question.strip():
+        raise click.UsageError("QUESTION is empty")
+    config, lane = _load(config_path, model)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    body: dict = {"messages": messages, "thinking": {"visibility": "visible" if show_thinking else "hidden"}}
+    for key, value in (("model", lane), ("reasoning_effort", effort), ("max_thinking_tokens", max_thinking_tokens),
+                       ("min_thinking_tokens", min_thinking_tokens), ("temperature", temperature), ("seed", seed),
+                       ("max_completion_tokens", max_answer_tokens)):
+        if value is not None:
+            body[key] = value
+    if strategy or params:
+        body["ponder"] = {"strategy": strategy, "params": _parse_params(params)}
+    req = parse_request(body)
+    service = Ponder(config)
+    plan = service.plan(req)
+    if as_json:
+        outcome = service.run(plan)
+        click.echo(json.dumps(completion_body(outcome), indent=2))
+        return
+    _ask_streaming(service, plan, show_thinking)
+
+
+def _ask_streaming(service, plan, show_thinking: bool) -> None:
+    from ponder.service import StrategyDone
+    from ponder.thinking.control import AnswerDelta, Finished, ThinkingDelta
+
+    t0 = time.perf_counter()
+    finished = []
+    in_thinking = False
+    tty = sys.stdout.isatty()
+    for item in service.stream(plan):
+        ev = item.event if hasattr(item, "event") else item
+        if isinstance(item, StrategyDone):
+            finished[-1] = item.result
+            continue
+        if isinstance(ev, ThinkingDelta) and show_thinking:
+            if not in_thinking:
+                click.secho("[thinking]", dim=True)
+                in_thinking = True
+            click.secho(ev.text, dim=True, nl=False)
+        elif isinstance(ev, AnswerDelta):
+            if in_thinking:
+                click.secho("\n[/thinking]", dim=True)
+                in_thinking = False
+            click.echo(ev.text, nl=False)
+        elif isinstance(ev, Finished):
+            finished.append(ev.generation)
+            if not ev.generation.answer:
+                click.echo("(no answer)", nl=False)
+            click.echo()
+        if tty:
+            sys.stdout.flush()
+    outcome = service.finish(plan, finished, t0)
+    u = outcome.usage
+    rep = outcome.results[0].chosen.thinking_report
+    note = ""
+    if rep.truncated:
+        note = " (cut at budget)"
+    elif rep.stopped == "repetition":
+        note = " (loop guard)"
+    click.secho(
+        f"[input {u.prompt_tokens} · thinking {u.thinking_tokens}/{rep.budget}{note} · answer {u.answer_tokens}"
+        f" · {outcome.timings.total_s:.2f}s"
+        + (f" · ${outcome.cost_usd:.6f}" if outcome.cost_usd else "")
+        + "]",
+        dim=True, err=False,
+    )
+
+
+def _parse_params(items) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,166 @@
+"""The one flow: request -> policy -> strategy -> backend -> outcome.
+
+:class:`Ponder` is what the CLI, the gateway and the lab hold.  It owns the
+backends (built lazily, one per lane), plans requests through
+:mod:`ponder.policy`, runs the planned strategy and accounts for every token
+and dollar in an :class:`Outcome`.  It keeps no per-request state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ponder.api.request import ChatCompletionRequest
+from ponder.backends.base import Backend
+from ponder.backends.registry import build_backend
+from ponder.config import LaneConfig, PonderConfig
+from ponder.policy import Plan, plan_request
+from ponder.strategies import get_strategy
+from ponder.strategies.base import StrategyRequest, StrategyResult
+from ponder.strategies.single import result_of_single
+from ponder.thinking import control
+from ponder.types import CancelToken, Timings, Usage
+
+
+@dataclass
+class Outcome:
+    """Everything a response or a ledger line needs about one request."""
+
+    id: str
+    created: int
+    plan: Plan
+    model: str
+    results: list[StrategyResult]
+    usage: Usage
+    cost_usd: float
+    timings: Timings
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChoiceEvent:
+    """A streamed controller event tagged with its choice index."""
+
+    index: int
+    event: control.Event
+
+
+class Ponder:
+    def __init__(
+        self,
+        config: PonderConfig,
+        *,
+        backends: dict[str, Backend] | None = None,
+        backend_factory: Callable[[LaneConfig], Backend] = build_backend,
+    ) -> None:
+        self.config = config
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._factory = backend_factory
+        self._build_lock = threading.Lock()
+
+    # -- backends ----------------------------------------------------------
+    def backend(self, lane: LaneConfig) -> Backend:
+        b = self._backends.get(lane.name)
+        if b is not None:
+            return b
+        with self._build_lock:
+            if lane.name not in self._backends:
+                self._backends[lane.name] = self._factory(lane)
+            return self._backends[lane.name]
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            b.close()
+
+    # -- planning ----------------------------------------------------------
+    def plan(self, req: ChatCompletionRequest) -> Plan:
+        return plan_request(req, self.config)
+
+    def strategy_request(self, plan: Plan, cancel: CancelToken, *, seed_offset: int = 0) -> StrategyRequest:
+        sampling = plan.sampling
+        if sampling.seed is not None and seed_offset:
+            sampling = sampling.with_seed(sampling.seed + seed_offset)
+        return StrategyRequest(
+            messages=plan.messages,
+            budget=plan.budget,
+            sampling=sampling,
+            cancel=cancel,
+            loop_guard=self.config.thinking.loop_guard,
+            max_samples=self.config.server.max_samples,
+        )
+
+    # -- running -----------------------------------------------------------
+    def run(self, plan: Plan, *, cancel: CancelToken | None = None, queue_s: float = 0.0) -> Outcome:
+        """Run a plan to completion (all ``n`` choices)."""
+        cancel = cancel or CancelToken()
+        t0 = time.perf_counter()
+        backend = self.backend(plan.lane)
+        strategy = get_strategy(plan.strategy)
+        results = []
+        for i in range(plan.n):
+            results.append(strategy.run(self.strategy_request(plan, cancel, seed_offset=i), backend, plan.strategy_params))
+            if cancel.cancelled:
+                break
+        return self._outcome(plan, results, t0, queue_s)
+
+    def stream(self, plan: Plan, *, cancel: CancelToken | None = None) -> Iterator[ChoiceEvent]:
+        """Token events of every choice, in order; each choice ends with Finished.
+
+        Strategies that draw several samples stream their chosen sample when
+        they finish (their events are the final sample's text).
+        """
+        cancel = cancel or CancelToken()
+        backend = self.backend(plan.lane)
+        strategy = get_strategy(plan.strategy)
+        for i in range(plan.n):
+            request = self.strategy_request(plan, cancel, seed_offset=i)
+            stream = getattr(strategy, "stream", None)
+            if plan.strategy == "single" and stream is not None:
+                for ev in stream(request, backend, plan.strategy_params):
+                    yield ChoiceEvent(i, ev)
+            else:
+                result = strategy.run(request, backend, plan.strategy_params)
+                yield ChoiceEvent(i, control.Finished(result.chosen))
+                yield ChoiceEvent(i, StrategyDone(result))  # type: ignore[arg-type]
+            if cancel.cancelled:
+                return
+
+    def finish(self, plan: Plan, finished: list, t0: float, queue_s: float = 0.0) -> Outcome:
+        """Build an Outcome from streamed results (Generations or StrategyResults)."""
+        results = [f if isinstance(f, StrategyResult) else result_of_single(f) for f in finished]
+        return self._outcome(plan, results, t0, queue_s)
+
+    def _outcome(self, plan: Plan, results: list[StrategyResult], t0: float, queue_s: float) -> Outcome:
+        usage = Usage()
+        for r in results:
+            usage = usage + r.usage
+        first = results[0].chosen.timings if results else Timings()
+        timings = Timings(
+            queue_s=queue_s,
+            ttft_s=None if first.ttft_s is None else first.ttft_s + queue_s,
+            time_to_answer_s=None if first.time_to_answer_s is None else first.time_to_answer_s + queue_s,
+            total_s=time.perf_counter() - t0 + queue_s,
+        )
+        cost = plan.lane.prices.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+        backend = self._backends.get(plan.lane.name)
+        return Outcome(
+            id="chatcmpl-" + uuid.uuid4().hex[:24],
+            created=int(time.time()),
+            plan=plan,
+            model=backend.info.model if backend else plan.lane.name,
+            results=results,
+            usage=usage,
+            cost_usd=cost,
+            timings=timings,
+        )
+
+
+@dataclass(frozen=True)
+class StrategyDone:
+    """Follows the Finished event of a multi-sample strategy with its full result."""
+
+    result: StrategyResult

@@ -1,0 +1,42 @@
+"""Test-time strategies behind one interface, found by name in :data:`REGISTRY`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ponder.errors import InvalidRequest
+from ponder.strategies.base import Sample, Strategy, StrategyRequest, StrategyResult
+from ponder.strategies.single import Single
+
+REGISTRY: dict[str, Strategy] = {s.name: s for s in (Single(),)}
+
+
+def get_strategy(name: str) -> Strategy:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InvalidRequest(
+            f"unknown strategy {name!r}; available: {', '.join(sorted(REGISTRY))}", param="ponder.strategy"
+        ) from None
+
+
+def build_params(strategy: Strategy, raw: dict[str, Any]) -> Any:
+    """Typed parameters from a plain dict; unknown keys are an error."""
+    fields = {f.name for f in dataclasses.fields(strategy.Params)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        allowed = ", ".join(sorted(fields)) or "none"
+        raise InvalidRequest(
+            f"unknown parameter(s) for strategy {strategy.name!r}: {', '.join(unknown)} (allowed: {allowed})",
+            param="ponder.params",
+        )
+    try:
+        params = strategy.Params(**raw)
+    except TypeError as exc:
+        raise InvalidRequest(f"bad parameters for strategy {strategy.name!r}: {exc}", param="ponder.params") from None
+    params.validate()
+    return params
+
+
+__all__ = ["REGISTRY", "Sample", "Strategy", "StrategyRequest", "StrategyResult", "build_params", "get_strategy"]

@@ -1,0 +1,1 @@
+"""Thinking control: budgets, budget forcing, loop guard, answer extraction."""

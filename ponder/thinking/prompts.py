@@ -1,0 +1,38 @@
+"""The few pieces of text ponder injects into a model's context.
+
+Kept in one place so they can be tuned (and read) together.
+"""
+
+from __future__ import annotations
+
+from ponder.types import Message
+
+#: Asks a model that was not trained to reason to think inside tags first.
+THINK_INSTRUCTION = (
+    "Think step by step inside <think> and </think> before you answer. "
+    "After </think>, write only the final answer."
+)
+
+#: Appended when the model tries to stop thinking before the minimum (s1's
+#: budget forcing uses the same word).
+CONTINUE_CUE = "\nWait,"
+
+#: Closes the thinking block when the cap cuts it.
+CLOSE_THINKING = "\n</think>\n\n"
+
+#: Written after a cut think, so the model goes straight to the answer.
+ANSWER_CUE = "Final answer:"
+
+#: Chat-only upstreams cannot be continued mid-message, so a cut think is
+#: handed back as context with this instruction.
+FORCED_ANSWER_INSTRUCTION = (
+    "Your thinking time is over. Using the reasoning above, reply now with only the final answer."
+)
+
+
+def with_think_instruction(messages: list[Message]) -> list[Message]:
+    """Prepend (or extend) the system prompt with :data:`THINK_INSTRUCTION`."""
+    if messages and messages[0].role in ("system", "developer"):
+        first = messages[0]
+        return [Message(first.role, f"{first.content.rstrip()}\n\n{THINK_INSTRUCTION}"), *messages[1:]]
+    return [Message("system", THINK_INSTRUCTION), *messages]
