@@ -54,7 +54,7 @@ def main() -> None:
 
     \b
     ponder ask     answer one question under a thinking budget
-    ponder serve   run the OpenAI-compatible gateway
+    ponder serve   run the OpenAI-compatible gateway (make serve)
     """
 
 
@@ -167,6 +167,36 @@ def _ask_streaming(service, plan, show_thinking: bool) -> None:
         + "]",
         dim=True, err=False,
     )
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default from config: 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default from config: 8000).")
+@click.option("--config", "config_path", default=None, type=click.Path(), help="ponder YAML config (lanes, prices, server).")
+@click.option("--model", default=None, help="Serve this model on the default lane (name or GGUF path).")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(host, port, config_path, model, log_level) -> None:
+    """Run the OpenAI-compatible gateway.
+
+    \b
+    Point any OpenAI client at http://HOST:PORT/v1.  Endpoints:
+      POST /v1/chat/completions   GET /v1/models   GET /health   GET /metrics
+    """
+    import uvicorn
+
+    from ponder.server.app import create_app
+    from ponder.service import Ponder
+
+    config, _ = _load(config_path, model)
+    service = Ponder(config)
+    # load the default lane now: a missing model fails at start-up, not on the first request
+    lane = config.lane(None)
+    click.echo(f"ponder {__version__}: loading lane {lane.name!r} ({lane.backend}: {lane.model or lane.base_url or 'smollm2'})", err=True)
+    service.backend(lane)
+    host = host or config.server.host
+    port = port if port is not None else config.server.port
+    click.echo(f"ponder: serving on http://{host}:{port}/v1", err=True)
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=log_level == "debug")
 
 
 def _parse_params(items) -> dict:

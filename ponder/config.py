@@ -104,6 +104,11 @@ class ServerConfig(_Strict):
     default_visibility: Literal["hidden", "visible", "summary"] = "visible"
     #: summary mode: summarize every K thinking tokens
     summary_every_tokens: int = Field(128, ge=8)
+    #: the lane whose model writes thinking summaries (default: a separate
+    #: instance of the first lane's model, so it never blocks the generation)
+    summary_lane: str | None = None
+    #: append one JSON line per request (usage, cost, timings) to this file
+    ledger_path: str | None = None
 
 
 class PonderConfig(_Strict):
@@ -123,6 +128,8 @@ class PonderConfig(_Strict):
             raise ValueError(f"duplicate lane names: {sorted(dupes)}")
         if self.default_lane is not None and self.default_lane not in names:
             raise ValueError(f"default_lane {self.default_lane!r} is not a lane ({names})")
+        if self.server.summary_lane is not None and self.server.summary_lane not in names:
+            raise ValueError(f"server.summary_lane {self.server.summary_lane!r} is not a lane ({names})")
         for lane in self.lanes:
             if lane.effort not in self.thinking.efforts:
                 raise ValueError(f"lane {lane.name!r}: effort {lane.effort!r} is not in thinking.efforts")

@@ -23,7 +23,13 @@ from ponder.strategies import get_strategy
 from ponder.strategies.base import StrategyRequest, StrategyResult
 from ponder.strategies.single import result_of_single
 from ponder.thinking import control
-from ponder.types import CancelToken, Timings, Usage
+from ponder.errors import ContextOverflow
+from ponder.types import CancelToken, Message, Sampling, ThinkingBudget, Timings, Usage
+
+SUMMARY_INSTRUCTION = (
+    "Summarize the reasoning the user gives you in one short sentence, saying what it has worked out so far. "
+    "Do not solve the problem yourself."
+)
 
 
 @dataclass
@@ -75,6 +81,47 @@ class Ponder:
     def close(self) -> None:
         for b in self._backends.values():
             b.close()
+
+    def summarizer(self) -> tuple[Backend, LaneConfig]:
+        """The engine that writes thinking summaries.
+
+        A lane named by ``server.summary_lane``, or else a second instance of
+        the first lane's model: it must not share the engine that is busy
+        generating the thinking it summarizes.
+        """
+        name = self.config.server.summary_lane
+        if name is not None:
+            lane = self.config.lane(name)
+            return self.backend(lane), lane
+        lane = self.config.lanes[0]
+        key = "__summarizer__"
+        with self._build_lock:
+            if key not in self._backends:
+                self._backends[key] = self._factory(lane.model_copy(update={"name": key}))
+        return self._backends[key], lane
+
+    def summarize(self, thinking: str) -> tuple[str, Usage, float]:
+        """A one-sentence summary of a thinking trace: (text, usage, cost)."""
+        backend, lane = self.summarizer()
+        gen = control.run(
+            backend,
+            [Message("system", SUMMARY_INSTRUCTION), Message("user", thinking[-3000:])],
+            ThinkingBudget(0),
+            Sampling(temperature=0.0, max_answer_tokens=48),
+        )
+        usage = gen.usage
+        cost = lane.prices.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+        return gen.answer.strip().splitlines()[0] if gen.answer.strip() else "", usage, cost
+
+    def preflight(self, plan: Plan) -> None:
+        """Reject prompts that cannot fit the engine's context, before any work."""
+        backend = self.backend(plan.lane)
+        limit = backend.info.context_length
+        if not limit or not backend.info.text_completion:
+            return
+        n = backend.count_tokens(backend.render_chat(plan.messages))
+        if n >= limit:
+            raise ContextOverflow(f"the prompt is {n} tokens; the model's context holds {limit}", param="messages")
 
     # -- planning ----------------------------------------------------------
     def plan(self, req: ChatCompletionRequest) -> Plan:

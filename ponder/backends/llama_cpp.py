@@ -81,8 +81,9 @@ class LlamaCppBackend(Backend):
         return self._formatter(messages)
 
     def count_tokens(self, text: str) -> int:
-        with self._lock:
-            return len(self._tokenize(text))
+        # tokenizing reads only the vocabulary, never the context, so it does
+        # not wait for a running generation
+        return len(self._tokenize(text))
 
     def _tokenize(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos(text), special=True)

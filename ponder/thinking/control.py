@@ -171,7 +171,7 @@ def _generate_text(
             finally:
                 stream.close()
             if first_call:
-                usage.cached_prompt_tokens = stats.cached_prompt_tokens
+                usage.cached_prompt_tokens = min(stats.cached_prompt_tokens, prompt_tokens)
                 first_call = False
             # the engine's count is authoritative: it includes the tokens of a
             # stop string that were generated but held back from the text
@@ -224,7 +224,7 @@ def _generate_text(
             yield AnswerDelta(text)
         usage.answer_tokens = stats.completion_tokens
         if not thinking_on and usage.cached_prompt_tokens == 0:
-            usage.cached_prompt_tokens = stats.cached_prompt_tokens
+            usage.cached_prompt_tokens = min(stats.cached_prompt_tokens, prompt_tokens)
         finish = "length" if stats.finish_reason == "length" else "stop"
     if cancel.cancelled:
         finish = "cancelled"
