@@ -78,6 +78,10 @@ class Ponder:
                 self._backends[lane.name] = self._factory(lane)
             return self._backends[lane.name]
 
+    def cached_backend(self, lane: LaneConfig) -> Backend | None:
+        """The lane's backend if it is already built (no thread hop needed)."""
+        return self._backends.get(lane.name)
+
     def close(self) -> None:
         for b in self._backends.values():
             b.close()

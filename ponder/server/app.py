@@ -114,8 +114,9 @@ def create_app(service: Ponder) -> FastAPI:
             req = parse_request(body)
             plan = service.plan(req)
             lane_label = plan.lane.name
-            backend = await run_in_threadpool(service.backend, plan.lane)
-            await run_in_threadpool(service.preflight, plan)
+            backend = service.cached_backend(plan.lane) or await run_in_threadpool(service.backend, plan.lane)
+            if backend.info.text_completion and backend.info.context_length:
+                await run_in_threadpool(service.preflight, plan)
             gate = gate_for(plan.lane, backend)
             queue_s = await gate.acquire()
         except PonderError as exc:

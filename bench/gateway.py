@@ -1,0 +1,158 @@
+"""Latency the gateway adds over calling an instant upstream directly.
+
+Starts, on 127.0.0.1 only:
+  * an "instant" OpenAI-compatible upstream (answers a fixed streamed reply
+    with no model behind it), and
+  * a ponder gateway with one lane pointing at it (thinking off),
+then times the same request both ways, alternating, and prints p50/p99 of
+each and of the difference, plus requests/s through the gateway at
+concurrency 32.  Bounded: --requests per side (default 400), 32-way load for
+--load-seconds (default 5).
+
+    .venv/bin/python bench/gateway.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import yaml
+
+UPSTREAM = r'''
+import json, sys
+from starlette.applications import Starlette
+from starlette.responses import StreamingResponse, JSONResponse
+from starlette.routing import Route
+import uvicorn
+
+CHUNKS = [
+    {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "19"}, "finish_reason": None}]},
+    {"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    {"id": "x", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}},
+]
+BODY = "".join(f"data: {json.dumps(c)}\n\n" for c in CHUNKS) + "data: [DONE]\n\n"
+
+async def chat(request):
+    await request.body()
+    return StreamingResponse(iter([BODY]), media_type="text/event-stream")
+
+app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
+                        Route("/health", lambda r: JSONResponse({"ok": True}))])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error")
+'''
+
+REQ = {"model": "instant", "messages": [{"role": "user", "content": "What is 12 + 7?"}], "stream": True,
+       "reasoning_effort": "none", "max_tokens": 8}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, proc: subprocess.Popen) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early: {url}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"server did not start: {url}")
+
+
+def one(client: httpx.Client, url: str) -> float:
+    t0 = time.perf_counter()
+    with client.stream("POST", url, json=REQ) as r:
+        for line in r.iter_lines():
+            if line == "data: [DONE]":
+                break
+    return time.perf_counter() - t0
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+async def load(url: str, concurrency: int, seconds: float) -> tuple[int, int]:
+    done = errors = 0
+    stop = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
+        async def worker():
+            nonlocal done, errors
+            while time.perf_counter() < stop:
+                try:
+                    async with c.stream("POST", url, json=REQ) as r:
+                        async for _ in r.aiter_lines():
+                            pass
+                    done += 1 if r.status_code == 200 else 0
+                    errors += 0 if r.status_code == 200 else 1
+                except httpx.HTTPError:
+                    errors += 1
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done, errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--load-seconds", type=float, default=5.0)
+    args = ap.parse_args()
+
+    up_port, gw_port = free_port(), free_port()
+    tmp = tempfile.mkdtemp(prefix="ponder-bench-")
+    up = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)])
+    cfg = {"server": {"queue_size": 1024},
+           "lanes": [{"name": "instant", "backend": "openai", "base_url": f"http://127.0.0.1:{up_port}/v1",
+                      "native_reasoning": False, "effort": "none", "max_connections": 256}]}
+    path = os.path.join(tmp, "ponder.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg, fh)
+    gw = subprocess.Popen([sys.executable, "-m", "ponder.cli", "serve", "--port", str(gw_port), "--config", path,
+                           "--log-level", "warning"], stderr=subprocess.DEVNULL)
+    try:
+        wait_up(f"http://127.0.0.1:{up_port}/health", up)
+        wait_up(f"http://127.0.0.1:{gw_port}/health", gw)
+        direct_url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        direct, via = [], []
+        with httpx.Client(timeout=30) as c:
+            for _ in range(20):  # warm both paths
+                one(c, direct_url), one(c, gw_url)
+            for _ in range(args.requests):
+                direct.append(one(c, direct_url))
+                via.append(one(c, gw_url))
+        added = [v - d for v, d in zip(via, direct)]
+        ms = lambda x: f"{x * 1000:7.2f} ms"
+        print(f"requests per side   {args.requests} (sequential, alternating)")
+        print(f"direct   p50 {ms(pct(direct, .5))}   p99 {ms(pct(direct, .99))}")
+        print(f"gateway  p50 {ms(pct(via, .5))}   p99 {ms(pct(via, .99))}")
+        print(f"added    p50 {ms(pct(via, .5) - pct(direct, .5))}   p99 {ms(pct(via, .99) - pct(direct, .99))}"
+              f"   (targets: <= 1 ms p50, <= 5 ms p99)")
+        print(f"paired difference median {ms(statistics.median(added))}")
+        done, errors = asyncio.run(load(gw_url, args.concurrency, args.load_seconds))
+        print(f"throughput          {done / args.load_seconds:8.1f} req/s through the gateway at concurrency "
+              f"{args.concurrency} ({errors} errors, {os.cpu_count()} cores shared by client, gateway, upstream)")
+    finally:
+        gw.terminate()
+        up.terminate()
+        gw.wait(10)
+        up.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+
+from ponder.config import config_from_dict, load_config
+from ponder.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_config_is_valid():
+    c = load_config(ROOT / "ponder.example.yaml")
+    assert c.lane(None).name == "default"
+    assert c.thinking.efforts["medium"] == 1024
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"lanes": [{"name": "a", "prices": {"inptu_per_1m": 1}}]}, "lanes.0.prices.inptu_per_1m"),
+    ({"server": {"port": "eighty"}}, "server.port"),
+    ({"lanes": [{"name": "x", "backend": "openai"}]}, "lanes.0"),
+    ({"lanes": [{"name": "a"}, {"name": "a"}]}, "duplicate lane"),
+    ({"lanes": [{"name": "a", "effort": "ultra"}]}, "ultra"),
+    ({"server": {"progress_interval_s": 5}}, "server.progress_interval_s"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_invalid_config_names_the_key(data, key):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert key in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_prices_bill_thinking_as_output():
+    c = config_from_dict({"lanes": [{"name": "a", "prices": {"input_per_1m": 2, "output_per_1m": 8}}]})
+    assert c.lane("a").prices.cost(1000, 500) == pytest.approx((1000 * 2 + 500 * 8) / 1e6)
