@@ -28,6 +28,7 @@ FLAG_FOR_PARAM = {
     "seed": "--seed",
     "ponder.strategy": "--strategy",
     "ponder.params": "--param",
+    "--model": "--model",
 }
 
 
@@ -55,6 +56,7 @@ def main() -> None:
     \b
     ponder ask     answer one question under a thinking budget
     ponder serve   run the OpenAI-compatible gateway (make serve)
+    ponder plan    size and price a self-hosted reasoning deployment
     """
 
 
@@ -210,6 +212,11 @@ def _parse_params(items) -> dict:
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out
+
+
+from ponder.plan.cli import plan_cmd  # noqa: E402
+
+main.add_command(plan_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
