@@ -96,6 +96,13 @@ def run(backend: Backend, messages: Sequence[Message], budget: ThinkingBudget, s
     raise RuntimeError("generation ended without a result")  # pragma: no cover
 
 
+def _conversation(backend: Backend, messages: list[Message], budget: ThinkingBudget) -> list[Message]:
+    """Native reasoners think unasked; other models are told to think in tags."""
+    if backend.info.native_reasoning or not budget.enabled:
+        return messages
+    return prompts.with_think_instruction(messages)
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
@@ -135,7 +142,7 @@ def _generate_text(
     clock = _Clock()
     native = backend.info.native_reasoning
     thinking_on = budget.enabled
-    convo = messages if (native or not thinking_on) else prompts.with_think_instruction(messages)
+    convo = _conversation(backend, messages, budget)
     prompt = backend.render_chat(convo)
     prompt_tokens = backend.count_tokens(prompt)
     report = ThinkingReport(budget=budget.max_tokens, min=budget.min_tokens, effort=budget.effort)
@@ -258,7 +265,7 @@ def _generate_chat(
     clock = _Clock()
     native = backend.info.native_reasoning
     thinking_on = budget.enabled
-    convo = messages if (native or not thinking_on) else prompts.with_think_instruction(messages)
+    convo = _conversation(backend, messages, budget)
     report = ThinkingReport(budget=budget.max_tokens, min=budget.min_tokens, effort=budget.effort)
     usage = Usage()
     guard = guard_settings.make()
