@@ -40,6 +40,8 @@ class PonderGroup(click.Group):
             return super().invoke(ctx)
         except PonderError as exc:
             flag = FLAG_FOR_PARAM.get(exc.param or "", exc.param)
+            if exc.param and exc.param.startswith("ponder.params."):
+                flag = f"--param {exc.param.removeprefix('ponder.params.')}"
             message = exc.message
             if exc.param and message.startswith(f"{exc.param}: "):
                 message = message[len(exc.param) + 2 :]
@@ -133,9 +135,9 @@ def _ask_streaming(service, plan, show_thinking: bool) -> None:
     in_thinking = False
     tty = sys.stdout.isatty()
     for item in service.stream(plan):
-        ev = item.event if hasattr(item, "event") else item
-        if isinstance(item, StrategyDone):
-            finished[-1] = item.result
+        ev = item.event
+        if isinstance(ev, StrategyDone):
+            finished[-1] = ev.result
             continue
         if isinstance(ev, ThinkingDelta) and show_thinking:
             if not in_thinking:
@@ -156,19 +158,22 @@ def _ask_streaming(service, plan, show_thinking: bool) -> None:
             sys.stdout.flush()
     outcome = service.finish(plan, finished, t0)
     u = outcome.usage
-    rep = outcome.results[0].chosen.thinking_report
+    first = outcome.results[0]
+    rep = first.chosen.thinking_report
+    if plan.strategy != "single":
+        click.secho(f"[{plan.strategy}: {first.n_samples} samples · {first.decision}]", dim=True)
     note = ""
     if rep.truncated:
         note = " (cut at budget)"
     elif rep.stopped == "repetition":
         note = " (loop guard)"
-    click.secho(
-        f"[input {u.prompt_tokens} · thinking {u.thinking_tokens}/{rep.budget}{note} · answer {u.answer_tokens}"
-        f" · {outcome.timings.total_s:.2f}s"
-        + (f" · ${outcome.cost_usd:.6f}" if outcome.cost_usd else "")
-        + "]",
-        dim=True, err=False,
-    )
+    if plan.strategy == "single" and plan.n == 1:
+        thinking = f"thinking {u.thinking_tokens}/{rep.budget}{note}"
+    else:
+        thinking = f"thinking {u.thinking_tokens} in all (cap {rep.budget} per sample)"
+    cost = f" · ${outcome.cost_usd:.6f}" if outcome.cost_usd else ""
+    click.secho(f"[input {u.prompt_tokens} · {thinking} · answer {u.answer_tokens} · {outcome.timings.total_s:.2f}s{cost}]",
+                dim=True)
 
 
 @main.command()

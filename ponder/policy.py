@@ -75,7 +75,7 @@ def plan_request(req: ChatCompletionRequest, config: PonderConfig) -> Plan:
     )
     strategy_name = (req.ponder.strategy if req.ponder and req.ponder.strategy else None) or lane.strategy
     strategy = get_strategy(strategy_name)
-    params = build_params(strategy, dict(req.ponder.params) if req.ponder else {})
+    params = build_params(strategy, dict(req.ponder.params) if req.ponder else {}, config.server.max_samples)
     visibility = (req.thinking.visibility if req.thinking and req.thinking.visibility else None) or config.server.default_visibility
     return Plan(
         lane=lane,

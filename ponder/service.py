@@ -174,8 +174,15 @@ class Ponder:
                 for ev in stream(request, backend, plan.strategy_params):
                     yield ChoiceEvent(i, ev)
             else:
+                # multi-sample strategies pick their answer at the end; the
+                # chosen sample is then streamed, followed by the full result
                 result = strategy.run(request, backend, plan.strategy_params)
-                yield ChoiceEvent(i, control.Finished(result.chosen))
+                chosen = result.chosen
+                if chosen.thinking:
+                    yield ChoiceEvent(i, control.ThinkingDelta(chosen.thinking, chosen.thinking_report.used))
+                if chosen.answer:
+                    yield ChoiceEvent(i, control.AnswerDelta(chosen.answer))
+                yield ChoiceEvent(i, control.Finished(chosen))
                 yield ChoiceEvent(i, StrategyDone(result))  # type: ignore[arg-type]
             if cancel.cancelled:
                 return

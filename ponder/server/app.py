@@ -213,8 +213,8 @@ class _Run:
             self.t_gen = item.t_gen
         elif isinstance(item, ChoiceEvent) and isinstance(item.event, Finished):
             self.finished.append(item.event.generation)
-        elif isinstance(item, StrategyDone):
-            self.finished[-1] = item.result
+        elif isinstance(item, ChoiceEvent) and isinstance(item.event, StrategyDone):
+            self.finished[-1] = item.event.result
         elif isinstance(item, Summary):
             self.summaries.append(item)
 

@@ -7,9 +7,17 @@ from typing import Any
 
 from ponder.errors import InvalidRequest
 from ponder.strategies.base import Sample, Strategy, StrategyRequest, StrategyResult
+from ponder.strategies.best_of_n import BestOfN, WeightedBestOfN
+from ponder.strategies.consistency import AdaptiveConsistency, SelfConsistency
+from ponder.strategies.iterate import Refine, VerifyRetry
+from ponder.strategies.search import DVTS, MCTS, Beam
 from ponder.strategies.single import Single
 
-REGISTRY: dict[str, Strategy] = {s.name: s for s in (Single(),)}
+REGISTRY: dict[str, Strategy] = {
+    s.name: s
+    for s in (Single(), SelfConsistency(), AdaptiveConsistency(), BestOfN(), WeightedBestOfN(), Refine(),
+              VerifyRetry(), Beam(), MCTS(), DVTS())
+}
 
 
 def get_strategy(name: str) -> Strategy:
@@ -21,7 +29,7 @@ def get_strategy(name: str) -> Strategy:
         ) from None
 
 
-def build_params(strategy: Strategy, raw: dict[str, Any]) -> Any:
+def build_params(strategy: Strategy, raw: dict[str, Any], max_samples: int | None = None) -> Any:
     """Typed parameters from a plain dict; unknown keys are an error."""
     fields = {f.name for f in dataclasses.fields(strategy.Params)}
     unknown = sorted(set(raw) - fields)
@@ -35,7 +43,7 @@ def build_params(strategy: Strategy, raw: dict[str, Any]) -> Any:
         params = strategy.Params(**raw)
     except TypeError as exc:
         raise InvalidRequest(f"bad parameters for strategy {strategy.name!r}: {exc}", param="ponder.params") from None
-    params.validate()
+    params.validate(max_samples)
     return params
 
 

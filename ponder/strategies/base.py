@@ -28,6 +28,16 @@ class StrategyRequest:
     answer_kind: str = "auto"
     #: most samples the strategy may draw (the gateway's ceiling)
     max_samples: int = 16
+    #: a programmatic verifier supplied by the caller (the lab's task scorer);
+    #: when absent, strategies build the one their params name
+    verifier: Any = field(default=None, compare=False)
+    #: a step scorer for search strategies (default: a model judge on the same backend)
+    prm: Any = field(default=None, compare=False)
+
+    @property
+    def question(self) -> str:
+        users = [m.content for m in self.messages if m.role == "user"]
+        return users[-1] if users else ""
 
 
 @dataclass

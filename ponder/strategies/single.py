@@ -15,7 +15,7 @@ from ponder.thinking.extract import extract_answer
 class SingleParams:
     """``single`` takes no parameters."""
 
-    def validate(self) -> None:
+    def validate(self, max_samples: int | None = None) -> None:
         return None
 
 

@@ -1,0 +1,227 @@
+"""Selection logic of every strategy on a scripted engine."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ponder.backends.scripted import ScriptedBackend
+from ponder.errors import InvalidRequest
+from ponder.strategies import REGISTRY, build_params, get_strategy
+from ponder.strategies.base import StrategyRequest
+from ponder.strategies.voting import prob_leader_ahead, tally
+from ponder.strategies.base import Sample
+from ponder.thinking import prompts
+from ponder.types import Generation, Message, Sampling, ThinkingBudget, ThinkingReport, Timings, Usage
+from ponder.verifiers.base import Verdict
+from ponder.verifiers.equivalence import Equivalence
+from ponder.verifiers.programmatic import CallableVerifier
+
+
+def answering(answers, thinking="let me add </think>"):
+    """An engine whose k-th answer phase returns answers[k] (the last repeats)."""
+    it = {"k": 0}
+    lock = threading.Lock()
+
+    def respond(prompt: str) -> str:
+        if prompt.endswith(prompts.CLOSE_THINKING) or prompt.endswith(prompts.ANSWER_CUE):
+            with lock:
+                a = answers[min(it["k"], len(answers) - 1)]
+                it["k"] += 1
+            return a
+        return thinking
+    return ScriptedBackend(respond)
+
+
+def req(**kw):
+    base = dict(messages=(Message("user", "What is 12 + 7?"),), budget=ThinkingBudget(32), sampling=Sampling(seed=0))
+    base.update(kw)
+    return StrategyRequest(**base)
+
+
+def run(name, backend, request=None, **params):
+    s = get_strategy(name)
+    return s.run(request or req(), backend, build_params(s, params))
+
+
+# -- self-consistency --------------------------------------------------------------
+
+def test_majority_wins_and_usage_counts_every_sample():
+    b = answering(["19", "The answer is 19", "18", "19.0", "20"])
+    r = run("self-consistency", b, n=5)
+    assert r.answer == "19"
+    assert r.confidence == pytest.approx(3 / 5)
+    assert r.n_samples == 5
+    assert r.usage.thinking_tokens == sum(s.generation.usage.thinking_tokens for s in r.samples)
+    assert r.usage.answer_tokens == sum(s.generation.usage.answer_tokens for s in r.samples)
+    assert "3 of 5" in r.decision
+
+
+def test_tie_goes_to_first_seen_and_is_reported():
+    r = run("self-consistency", answering(["18", "19", "19", "18"]), n=4)
+    assert r.answer == "18" and "tie" in r.decision and r.confidence == 0.5
+
+
+def test_all_different_answers():
+    r = run("self-consistency", answering(["1", "2", "3"]), n=3)
+    assert r.answer == "1" and r.confidence == pytest.approx(1 / 3)
+
+
+def test_no_answer_extracted_anywhere():
+    r = run("self-consistency", answering(["", "", ""]), n=3)
+    assert r.confidence == 0.0 and "no answer" in r.decision
+
+
+def test_abstentions_do_not_vote():
+    r = run("self-consistency", answering(["", "7", ""]), n=3)
+    assert r.answer == "7" and r.confidence == 1.0 and "2 sample(s) gave no answer" in r.decision
+
+
+# -- adaptive ------------------------------------------------------------------------
+
+def test_beta_stopping_rule_values():
+    assert prob_leader_ahead(3, 0) == pytest.approx(0.9375)
+    assert prob_leader_ahead(4, 0) == pytest.approx(0.96875)
+    assert prob_leader_ahead(1, 1) == pytest.approx(0.5)
+
+
+def test_adaptive_stops_early_when_samples_agree():
+    r = run("adaptive-consistency", answering(["19"]), n_max=16, round_size=2)
+    assert r.extra["samples_used"] == 4 < 16 and r.answer == "19"
+
+
+def test_adaptive_uses_all_when_split():
+    r = run("adaptive-consistency", answering(["1", "2"] * 10), n_max=6, round_size=2)
+    assert r.extra["samples_used"] == 6
+
+
+# -- best-of-n -----------------------------------------------------------------------
+
+def by_value(scores):
+    return CallableVerifier(lambda extracted, full: scores.get(extracted, 0.0))
+
+
+def test_best_of_n_picks_highest_score():
+    r = run("best-of-n", answering(["1", "2", "3"]), req(verifier=by_value({"2": 0.9, "3": 0.5})), n=3)
+    assert r.answer == "2" and r.confidence == 0.9
+
+
+def test_best_of_n_tie_keeps_first():
+    r = run("best-of-n", answering(["1", "2"]), req(verifier=by_value({"1": 0.5, "2": 0.5})), n=2)
+    assert r.answer == "1" and "tied" in r.decision
+
+
+def test_verifier_crash_is_marked_not_raised():
+    def boom(extracted, full):
+        raise RuntimeError("checker crashed")
+    r = run("best-of-n", answering(["1", "2"]), req(verifier=CallableVerifier(boom)), n=2)
+    assert r.extra["verifier_error"] is True and "verifier_error" in r.decision
+
+
+def test_weighted_best_of_n_sums_scores_per_group():
+    # one confident "1" loses to two moderately scored "2"s
+    r = run("weighted-best-of-n", answering(["1", "2", "2"]), req(verifier=by_value({"1": 0.9, "2": 0.5})), n=3)
+    assert r.answer == "2" and r.extra["weights"] == {"g0": 0.9, "g1": 1.0}
+
+
+# -- verify-retry and refine -----------------------------------------------------------
+
+def test_verify_retry_feeds_back_and_stops_on_pass():
+    b = answering(["18", "19", "20"])
+    v = CallableVerifier(lambda e, f: 1.0 if e == "19" else 0.0)
+    r = run("verify-retry", b, req(verifier=v), k=3)
+    assert r.answer == "19" and r.extra["rounds"] == 2
+    assert any("checked and it is not right" in p for p in b.prompts)
+
+
+def test_refine_stops_when_critique_finds_nothing():
+    def respond(prompt):
+        if "Check the answer for mistakes" in prompt:
+            return "NO ISSUES"
+        if prompt.endswith(prompts.CLOSE_THINKING) or prompt.endswith(prompts.ANSWER_CUE):
+            return "19"
+        return "think </think>"
+    r = run("refine", ScriptedBackend(respond), rounds=3)
+    assert r.extra["rounds"] == 1 and "no issues" in r.decision
+
+
+# -- search ----------------------------------------------------------------------------
+
+class ScriptedPRM:
+    """Scores a step by a keyword: 'good' steps 0.9, others 0.1."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score_steps(self, question, steps):
+        self.calls += 1
+        return (0.9 if "good" in steps[-1] else 0.1), Usage(prompt_tokens=5)
+
+
+def stepping():
+    it = {"k": 0}
+
+    def respond(prompt):
+        if prompt.endswith(prompts.CLOSE_THINKING) or prompt.endswith(prompts.ANSWER_CUE):
+            return "19" if "good" in prompt else "18"
+        it["k"] += 1
+        return ("good step\n\n" if it["k"] % 2 else "bad step\n\n") if prompt.count("step") < 4 else "done </think>"
+    return ScriptedBackend(respond)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("beam", {"width": 2, "branch": 2, "max_steps": 3, "step_tokens": 8}),
+    ("dvts", {"subtrees": 2, "branch": 2, "max_steps": 3, "step_tokens": 8}),
+    ("mcts", {"simulations": 6, "branch": 2, "max_depth": 3, "step_tokens": 8}),
+])
+def test_search_follows_the_prm(name, params):
+    prm = ScriptedPRM()
+    r = run(name, stepping(), req(prm=prm, budget=ThinkingBudget(64)), **params)
+    assert "good" in r.chosen.thinking and r.answer == "19"
+    assert r.chosen.thinking_report.used <= 64
+    assert r.usage.prompt_tokens >= 5 * prm.calls  # judge tokens are counted
+    if name == "mcts":
+        assert r.extra["tree"]["visits"] == 6
+
+
+def test_search_needs_text_backend():
+    b = ScriptedBackend(["x"], text_completion=False)
+    with pytest.raises(InvalidRequest, match="text-continuation"):
+        run("beam", b)
+
+
+# -- parameters ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, params, param", [
+    ("self-consistency", {"n": 0}, "ponder.params.n"),
+    ("self-consistency", {"n": 99}, "ponder.params.n"),
+    ("self-consistency", {"nn": 3}, "ponder.params"),
+    ("best-of-n", {"verifier": "oracle"}, "ponder.params.verifier"),
+    ("beam", {"width": 8, "branch": 4}, "ponder.params.width"),
+    ("beam", {"aggregation": "mean"}, "ponder.params.aggregation"),
+    ("adaptive-consistency", {"threshold": 1.5}, "ponder.params.threshold"),
+])
+def test_bad_params_are_clear_errors(name, params, param):
+    with pytest.raises(InvalidRequest) as err:
+        build_params(get_strategy(name), params, max_samples=16)
+    assert err.value.param == param
+
+
+def test_registry_has_every_strategy():
+    assert set(REGISTRY) == {"single", "self-consistency", "adaptive-consistency", "best-of-n", "weighted-best-of-n",
+                             "refine", "verify-retry", "beam", "mcts", "dvts"}
+
+
+# -- voting bookkeeping ----------------------------------------------------------------
+
+def _sample(answer):
+    g = Generation("", answer or "", Usage(), ThinkingReport(0), Timings())
+    return Sample(g, answer)
+
+
+def test_tally_counts_and_weights():
+    samples = [_sample(a) for a in ["1/2", "0.5", None, "2"]]
+    t = tally(samples, Equivalence(), weights=[0.2, 0.3, 0.9, 0.4])
+    assert t.counts == {0: 2, 1: 1} and t.weights == {0: pytest.approx(0.5), 1: 0.4}
+    assert t.abstained == 1 and t.winner == 0 and [s.group for s in samples] == [0, 0, None, 1]
