@@ -252,3 +252,30 @@ def test_full_queue_answers_429(tmp_path):
         t.join(60)
     finally:
         g.stop()
+
+
+def test_strategy_through_the_gateway(client):
+    r = client.chat.completions.create(
+        model="default", messages=Q, max_tokens=12, seed=3,
+        extra_body={"max_thinking_tokens": 16, "ponder": {"strategy": "self-consistency", "params": {"n": 3}}})
+    p = r.model_extra["ponder"]
+    assert p["strategy"] == "self-consistency" and p["samples"] == 3
+    assert "majority of 3" in p["decision"] and 0 < p["confidence"] <= 1
+    assert r.usage.completion_tokens_details.reasoning_tokens <= 3 * 16
+    stream = client.chat.completions.create(
+        model="default", messages=Q, max_tokens=12, seed=3, stream=True, stream_options={"include_usage": True},
+        extra_body={"max_thinking_tokens": 16, "ponder": {"strategy": "best-of-n", "params": {"n": 2}}})
+    text, final = "", None
+    for c in stream:
+        if c.choices and c.choices[0].delta.content:
+            text += c.choices[0].delta.content
+        if c.usage is not None:
+            final = c
+    assert text and final.model_extra["ponder"]["samples"] == 2
+
+
+def test_strategy_param_errors(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="default", messages=Q,
+                                       extra_body={"ponder": {"strategy": "self-consistency", "params": {"n": 500}}})
+    assert err.value.body["param"] == "ponder.params.n"

@@ -69,6 +69,9 @@ def normalize_number(s: str) -> str:
 def extract_choice(text: str) -> str | None:
     """A multiple-choice letter: from "answer: (C)" or a lone letter."""
     line = extract_answer_line(text) or extract_boxed(text) or text.strip()
+    bare = line.strip().strip("().").strip()
+    if len(bare) == 1 and bare.upper() in "ABCDEFGHIJ":
+        return bare.upper()
     m = _CHOICE.search(line)
     return m.group(1).upper() if m else None
 
