@@ -85,6 +85,7 @@ class AdaptiveConsistency:
         eq = Equivalence(params.equivalence)
         samples = []
         p_settled = 0.0
+        overtaken_proof = False
         while len(samples) < params.n_max and not request.cancel.cancelled:
             k = min(params.round_size, params.n_max - len(samples))
             samples += sampling.draw(request, backend, k, start=len(samples))
@@ -95,7 +96,13 @@ class AdaptiveConsistency:
             p_settled = prob_leader_ahead(counts[0], counts[1])
             if t.winner is not None and p_settled >= params.threshold:
                 break
+            # no runner-up can catch up within the remaining samples: fixed
+            # self-consistency with n_max samples would pick the same answer
+            if t.winner is not None and counts[0] - counts[1] > params.n_max - len(samples):
+                overtaken_proof = True
+                break
         stopped_early = len(samples) < params.n_max
-        label = (f"adaptive stop after {len(samples)}/{params.n_max} samples (P(leader ahead)={p_settled:.3f})"
+        why = "the leader can no longer be overtaken" if overtaken_proof else f"P(leader ahead)={p_settled:.3f}"
+        label = (f"adaptive stop after {len(samples)}/{params.n_max} samples ({why})"
                  if stopped_early else f"adaptive used all {params.n_max} samples (P(leader ahead)={p_settled:.3f})")
         return vote_result(samples, eq, label, samples_used=len(samples), p_settled=round(p_settled, 6))
