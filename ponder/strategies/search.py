@@ -144,17 +144,23 @@ class BeamParams:
     delimiter: str = "\n\n"
 
     def validate(self, max_samples: int | None = None) -> None:
-        check_count("width", self.width, max_samples)
-        check_count("branch", self.branch, max_samples)
-        check_count("max_steps", self.max_steps, 64)
-        check_count("step_tokens", self.step_tokens, 4096)
-        if max_samples is not None and self.width * self.branch > max_samples:
-            raise InvalidRequest(f"width x branch = {self.width * self.branch} exceeds the ceiling of {max_samples}",
-                                 param="ponder.params.width")
-        if self.aggregation not in AGGREGATIONS:
-            raise InvalidRequest(f"aggregation must be one of {', '.join(AGGREGATIONS)}", param="ponder.params.aggregation")
-        if not self.delimiter:
-            raise InvalidRequest("delimiter must not be empty", param="ponder.params.delimiter")
+        _validate_search("width", self.width, self.branch, self.max_steps, self.step_tokens, self.aggregation,
+                         self.delimiter, max_samples)
+
+
+def _validate_search(width_name: str, width: int, branch: int, max_steps: int, step_tokens: int,
+                     aggregation: str, delimiter: str, max_samples: int | None) -> None:
+    check_count(width_name, width, max_samples)
+    check_count("branch", branch, max_samples)
+    check_count("max_steps", max_steps, 64)
+    check_count("step_tokens", step_tokens, 4096)
+    if max_samples is not None and width * branch > max_samples:
+        raise InvalidRequest(f"{width_name} x branch = {width * branch} exceeds the ceiling of {max_samples}",
+                             param=f"ponder.params.{width_name}")
+    if aggregation not in AGGREGATIONS:
+        raise InvalidRequest(f"aggregation must be one of {', '.join(AGGREGATIONS)}", param="ponder.params.aggregation")
+    if not delimiter:
+        raise InvalidRequest("delimiter must not be empty", param="ponder.params.delimiter")
 
 
 class Beam:
@@ -193,8 +199,8 @@ class DVTSParams:
     delimiter: str = "\n\n"
 
     def validate(self, max_samples: int | None = None) -> None:
-        BeamParams(self.subtrees, self.branch, self.max_steps, self.step_tokens, self.aggregation,
-                   self.delimiter).validate(max_samples)
+        _validate_search("subtrees", self.subtrees, self.branch, self.max_steps, self.step_tokens, self.aggregation,
+                         self.delimiter, max_samples)
 
 
 class DVTS:
