@@ -1,0 +1,1 @@
+"""The lab: accuracy against compute for (model, budget, strategy) on verifiable tasks."""
