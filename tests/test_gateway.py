@@ -279,3 +279,15 @@ def test_strategy_param_errors(client):
         client.chat.completions.create(model="default", messages=Q,
                                        extra_body={"ponder": {"strategy": "self-consistency", "params": {"n": 500}}})
     assert err.value.body["param"] == "ponder.params.n"
+
+
+def test_stream_chunks_and_ledger_share_one_id(gw):
+    ids = set()
+    body = {"messages": Q, "stream": True, "max_tokens": 4, "reasoning_effort": "none"}
+    with httpx.stream("POST", gw.url("/v1/chat/completions"), json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                ids.add(json.loads(line[6:])["id"])
+    assert len(ids) == 1
+    last = json.loads(gw.ledger.read_text().splitlines()[-1])
+    assert last["id"] in ids and last["status"] == 200

@@ -26,7 +26,7 @@ import httpx
 from ponder.backends.base import Backend, BackendInfo, ChatPiece
 from ponder.errors import BackendError, InvalidRequest, UpstreamTimeout
 from ponder.thinking.split import ThinkSplitter
-from ponder.types import CancelToken, CompletionStats, Message, Sampling
+from ponder.types import CompletionStats, Message, Sampling
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 _WORDISH = re.compile(r"\w+|[^\w\s]")

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 from ponder.backends.base import Backend, BackendInfo, ChatPiece
 from ponder.thinking.split import ThinkSplitter
-from ponder.types import CancelToken, CompletionStats, Message, Piece, Sampling
+from ponder.types import CompletionStats, Message, Piece
 
 _UNIT = re.compile(r"\s*\S+|\s+")
 

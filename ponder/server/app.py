@@ -12,8 +12,9 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -177,6 +178,8 @@ class _Run:
         self.outcome: Outcome | None = None
         self.accounted = False
         self.ended = False
+        #: one id for the stream's chunks, the final body and the ledger line
+        self.cid = "chatcmpl-" + uuid.uuid4().hex[:24]
 
     async def _next(self, timeout: float | None = None):
         if self._peeked:
@@ -222,6 +225,7 @@ class _Run:
         if not self.finished:
             return None
         outcome = self.service.finish(self.plan, self.finished, self.t_gen, self.queue_s)
+        outcome.id = self.cid
         if self.summaries:
             s_usage = Usage()
             for s in self.summaries:
@@ -316,7 +320,7 @@ class _Run:
     # -- streaming ------------------------------------------------------------------
     async def sse(self, request: Request) -> AsyncIterator[bytes]:
         plan, req = self.plan, self.req
-        cid = "chatcmpl-" + __import__("uuid").uuid4().hex[:24]
+        cid = self.cid
         created = int(time.time())
         model = self.service.backend(plan.lane).info.model
         interval = self.service.config.server.progress_interval_s

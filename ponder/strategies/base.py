@@ -10,7 +10,7 @@ trace saying why this answer won.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence
+from typing import Any, ClassVar, Iterator, Protocol, Sequence
 
 from ponder.backends.base import Backend
 from ponder.thinking.control import Event, LoopGuardSettings

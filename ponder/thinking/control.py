@@ -263,7 +263,6 @@ def _generate_chat(
     guard_settings: LoopGuardSettings,
 ) -> Iterator[Event]:
     clock = _Clock()
-    native = backend.info.native_reasoning
     thinking_on = budget.enabled
     convo = _conversation(backend, messages, budget)
     report = ThinkingReport(budget=budget.max_tokens, min=budget.min_tokens, effort=budget.effort)

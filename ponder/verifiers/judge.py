@@ -53,7 +53,7 @@ class YesNoJudge:
                 return p, Usage(prompt_tokens=self.backend.count_tokens(prompt))
         usage = Usage()
         yes = 0
-        for i in range(self.votes):
+        for _ in range(self.votes):
             g = control.run(self.backend, messages, ThinkingBudget(0), Sampling(temperature=1.0, seed=None, max_answer_tokens=3))
             usage = usage + g.usage
             yes += g.answer.strip().lower().startswith("yes")
