@@ -59,6 +59,7 @@ def main() -> None:
     ponder ask     answer one question under a thinking budget
     ponder serve   run the OpenAI-compatible gateway (make serve)
     ponder plan    size and price a self-hosted reasoning deployment
+    ponder bench   measure accuracy against compute (the lab)
     """
 
 
@@ -219,9 +220,11 @@ def _parse_params(items) -> dict:
     return out
 
 
+from ponder.lab.cli import bench_cmd  # noqa: E402
 from ponder.plan.cli import plan_cmd  # noqa: E402
 
 main.add_command(plan_cmd)
+main.add_command(bench_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

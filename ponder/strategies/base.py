@@ -33,6 +33,9 @@ class StrategyRequest:
     verifier: Any = field(default=None, compare=False)
     #: a step scorer for search strategies (default: a model judge on the same backend)
     prm: Any = field(default=None, compare=False)
+    #: the lab's sample pool: independent seeded samples are drawn once per
+    #: item and shared by every strategy and N (see :mod:`ponder.lab.pool`)
+    pool: Any = field(default=None, compare=False)
 
     @property
     def question(self) -> str:

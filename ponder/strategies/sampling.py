@@ -25,6 +25,18 @@ def seeded(request: StrategyRequest, i: int) -> StrategyRequest:
 
 
 def one(request: StrategyRequest, backend: Backend, i: int = 0, messages: tuple[Message, ...] | None = None) -> Sample:
+    """The i-th independent sample (seed + i) of the request.
+
+    With a lab pool on the request, the pool hands back the sample it already
+    drew for index ``i`` (or draws and keeps it), so every strategy and every
+    N of one item share the same draws.
+    """
+    if request.pool is not None and messages is None:
+        return request.pool.get(i, lambda: _fresh(request, backend, i, None))
+    return _fresh(request, backend, i, messages)
+
+
+def _fresh(request: StrategyRequest, backend: Backend, i: int, messages: tuple[Message, ...] | None) -> Sample:
     r = seeded(request, i)
     g = control.run(backend, messages or r.messages, r.budget, r.sampling, cancel=r.cancel, loop_guard=r.loop_guard)
     return Sample(g, extract_answer(g.answer, kind=request.answer_kind) if g.answer else None)
@@ -34,7 +46,7 @@ def draw(request: StrategyRequest, backend: Backend, n: int, *, start: int = 0) 
     if n <= 0:
         return []
     info = backend.info
-    if info.supports_n and not info.text_completion and n > 1 and hasattr(backend, "chat"):
+    if info.supports_n and not info.text_completion and n > 1 and hasattr(backend, "chat") and request.pool is None:
         return _draw_with_n(request, backend, n)
     if info.concurrent and n > 1:
         with cf.ThreadPoolExecutor(max_workers=n) as pool:

@@ -30,6 +30,11 @@ class Single:
         )
 
     def run(self, request: StrategyRequest, backend: Backend, params: SingleParams) -> StrategyResult:
+        if request.pool is not None:
+            # the lab: sample 0 of the item's pool is exactly this request's draw
+            from ponder.strategies import sampling
+
+            return result_of_single(sampling.one(request, backend, 0).generation, request.answer_kind)
         gen = None
         for event in self.stream(request, backend, params):
             if isinstance(event, control.Finished):

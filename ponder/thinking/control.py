@@ -359,3 +359,34 @@ def _generate_chat(
 
 def _count_messages(backend: Backend, messages: Sequence[Message]) -> int:
     return sum(backend.count_tokens(m.content) + 4 for m in messages)
+
+
+def answer_given_thinking(backend: Backend, messages: Sequence[Message], thinking: str, sampling: Sampling,
+                          *, cancel: CancelToken | None = None) -> str:
+    """The answer a model gives after a thinking trace that we supply.
+
+    Used by the lab's faithfulness audit: hand the model a (perturbed) trace
+    as if it had thought it, and see whether the answer follows the trace.
+    Text backends get the trace inside the think block; chat-only backends
+    get it as an earlier assistant turn with the forced-answer instruction.
+    """
+    cancel = cancel or CancelToken()
+    answer = ""
+    with backend.exclusive():
+        if backend.info.text_completion:
+            convo = _conversation(backend, list(messages), ThinkingBudget(1))
+            prompt = backend.render_chat(convo)
+            if not prompt.rstrip().endswith("<think>"):
+                prompt += "<think>\n"
+            prompt += thinking.strip() + prompts.CLOSE_THINKING
+            for piece in backend.stream_text(prompt, max_tokens=sampling.max_answer_tokens, sampling=sampling,
+                                             stop=tuple(sampling.stop), cancel=cancel, stats=CompletionStats()):
+                answer += piece.text
+        else:
+            follow = [*messages, Message("assistant", f"<think>\n{thinking.strip()}\n</think>"),
+                      Message("user", prompts.FORCED_ANSWER_INSTRUCTION)]
+            for piece in backend.stream_chat(follow, max_tokens=sampling.max_answer_tokens, sampling=sampling,
+                                             thinking=False, cancel=cancel, stats=CompletionStats()):
+                if piece.kind == "answer":
+                    answer += piece.text
+    return answer.strip()

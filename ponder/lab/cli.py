@@ -1,0 +1,214 @@
+"""``ponder bench``: run the lab, compare runs, audit thinking traces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ponder.errors import ConfigError
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _params(raw: tuple[str, ...]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for item in raw:
+        key, eq, value = item.partition("=")
+        strategy, dot, name = key.partition(".")
+        if not eq or not dot or not name:
+            raise ConfigError(f"{item!r} is not STRATEGY.KEY=VALUE (e.g. best-of-n.verifier=task)", param="--param")
+        import yaml
+
+        out.setdefault(strategy, {})[name] = yaml.safe_load(value)
+    return out
+
+
+@click.group("bench", invoke_without_command=True)
+@click.option("--suite", type=str, help="A named suite: smoke (minutes) or standard (a broader mix).")
+@click.option("--task", "tasks", multiple=True, metavar="NAME[:k=v,...]",
+              help="A reasoning-gym family with difficulty knobs, e.g. basic_arithmetic:min_terms=3; repeatable.")
+@click.option("--data", type=str, metavar="FILE.jsonl", help="GSM8K/MATH-style JSONL items.")
+@click.option("--question-field", default="question", show_default=True, help="JSONL field holding the question.")
+@click.option("--answer-field", default="answer", show_default=True,
+              help="JSONL field holding the reference (GSM8K '####' and MATH \\boxed{} are understood).")
+@click.option("--id-field", default=None, help="JSONL field holding a unique id (default: file:line).")
+@click.option("--difficulty-field", default=None, help="JSONL field to break results down by.")
+@click.option("--scorer", default=None, metavar="MODULE:FN",
+              help="Custom scorer fn(prediction, expected, item) -> float; full credit is 1.0.")
+@click.option("--on-bad-line", type=click.Choice(["skip", "stop"]), default="skip", show_default=True,
+              help="An unreadable JSONL line: warn with its number and skip, or stop.")
+@click.option("--models", default=None, metavar="A,B",
+              help="Model names or GGUF paths (smollm2, qwen2.5-coder-0.5b), or lane names of --config.")
+@click.option("--config", "config_path", default=None, type=click.Path(),
+              help="ponder YAML: lanes (engines, prices) to evaluate.")
+@click.option("--efforts", default=None, metavar="none,low,...", help="Effort tiers to sweep.")
+@click.option("--budgets", default=None, metavar="0,64,256", help="Thinking-token caps to sweep.")
+@click.option("--strategies", default=None, metavar="single,self-consistency,...", help="Strategies to sweep.")
+@click.option("--n", "ns", default=None, metavar="1,2,4,8",
+              help="Sample counts for sampling strategies (drawn once at the largest N, subsampled for the rest).")
+@click.option("--param", "params", multiple=True, metavar="STRATEGY.KEY=VALUE",
+              help="A strategy parameter, e.g. best-of-n.verifier=task; repeatable.")
+@click.option("--limit", type=int, default=None, help="Items per task (or from --data).")
+@click.option("--seed", type=int, default=None, help="Seed of item generation and sampling (default 0).")
+@click.option("--concurrency", type=int, default=None, help="Items in flight at once (engines serialize anyway).")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (default 0.7).")
+@click.option("--answer-tokens", type=int, default=None, help="Answer tokens after thinking (default 32).")
+@click.option("--answer-kind", type=click.Choice(["auto", "number", "choice", "text"]), default=None,
+              help="How final answers are extracted.")
+@click.option("--latency-slo", type=float, default=None, metavar="SECONDS",
+              help="Recommend only configurations whose p95 time to answer is within this.")
+@click.option("--min-accuracy", type=float, default=None, help="Recommend only configurations at or above this.")
+@click.option("--out", "out_dir", default=None, type=click.Path(), help="Run directory (default runs/<timestamp>).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its samples.jsonl.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--list-tasks", is_flag=True, help="List the reasoning-gym families and suites, then exit.")
+@click.pass_context
+def bench_cmd(ctx: click.Context, **opts) -> None:
+    """Measure accuracy against compute for models x budgets x strategies x N.
+
+    \b
+    ponder bench --suite smoke --out runs/smoke
+    ponder bench --task basic_arithmetic:min_terms=3 --budgets 0,64,256 \\
+                 --strategies single,self-consistency --n 2,4,8 --limit 30
+    ponder bench --resume --out runs/smoke
+    ponder bench compare runs/a runs/b
+    ponder bench audit runs/smoke
+
+    Writes results.json (schema: docs/lab-results.md), samples.jsonl,
+    accuracy_vs_tokens.png, pareto.png, report.md and report.html.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ponder.lab.tasks import SUITES, task_names
+
+    if opts["list_tasks"]:
+        for name, s in SUITES.items():
+            click.echo(f"suite {name}: {s.description}")
+        click.echo("reasoning-gym families: " + ", ".join(task_names()))
+        return
+    run(opts)
+
+
+def build_bench_config(opts: dict):
+    from ponder.lab.config import BenchConfig
+    from ponder.lab.tasks import parse_number_list, suite
+
+    cfg = BenchConfig()
+    if opts["suite"]:
+        s = suite(opts["suite"])
+        cfg.suite = s.name
+        cfg.tasks = list(s.tasks)
+        cfg.limit = s.limit
+        cfg.budgets = list(s.budgets)
+        cfg.strategies = list(s.strategies)
+        cfg.n = list(s.n)
+        cfg.answer_kind = s.answer_kind
+    if opts["tasks"]:
+        cfg.tasks = list(opts["tasks"])
+    for key in ("data", "question_field", "answer_field", "id_field", "difficulty_field", "scorer", "on_bad_line",
+                "config_path", "limit", "seed", "concurrency", "temperature", "answer_tokens", "answer_kind"):
+        if opts.get(key) is not None:
+            setattr(cfg, key, opts[key])
+    if opts["latency_slo"] is not None:
+        cfg.latency_slo_s = opts["latency_slo"]
+    if opts["min_accuracy"] is not None:
+        cfg.min_accuracy = opts["min_accuracy"]
+    if opts["models"]:
+        cfg.models = _csv(opts["models"]) or []
+    if opts["efforts"]:
+        cfg.efforts, cfg.budgets = _csv(opts["efforts"]), None
+    if opts["budgets"]:
+        cfg.budgets, cfg.efforts = parse_number_list(opts["budgets"], "--budgets"), None
+        if opts["efforts"]:
+            raise ConfigError("give --efforts or --budgets, not both", param="--budgets")
+    if opts["strategies"]:
+        cfg.strategies = _csv(opts["strategies"]) or []
+    if opts["ns"]:
+        cfg.n = parse_number_list(opts["ns"], "--n")
+    if opts["params"]:
+        cfg.params = _params(opts["params"])
+    return cfg
+
+
+def run(opts: dict) -> None:
+    import time
+
+    from ponder.lab.report import text_table, write_all
+    from ponder.lab.results import build_results
+    from ponder.lab.runner import RUN, run_bench
+
+    out = Path(opts["out_dir"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    if opts["resume"] and not opts["out_dir"]:
+        raise ConfigError("--resume needs the --out directory of the run to continue", param="--resume")
+    cfg = build_bench_config(opts) if not opts["resume"] else None
+    if cfg is not None:
+        cfg.validate()
+    outcome = run_bench(cfg, out, resume=opts["resume"], progress=not opts["no_progress"])
+    run_meta = json.loads((out / RUN).read_text())
+    stored = run_meta["config"]
+    results = build_results(outcome.lines, run=run_meta, items=len(outcome.items), wall_s=outcome.wall_s,
+                            partial=outcome.interrupted,
+                            latency_slo_s=opts["latency_slo"] if opts["latency_slo"] is not None
+                            else stored.get("latency_slo_s"),
+                            min_accuracy=opts["min_accuracy"] if opts["min_accuracy"] is not None
+                            else stored.get("min_accuracy"))
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    paths = write_all(results, out)
+    click.echo(text_table(results))
+    errors = sum(c["metrics"]["errors"] for c in results["configurations"])
+    if errors:
+        click.echo(f"{errors} sample(s) had errors (engine or scorer); see 'error' in samples.jsonl", err=True)
+    click.echo(f"\nwrote {out / 'results.json'}, {out / 'samples.jsonl'}, " + ", ".join(str(p) for p in paths))
+    if outcome.interrupted:
+        sys.exit(130)
+
+
+@bench_cmd.command("compare")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the difference as JSON.")
+def compare_cmd(a: str, b: str, as_json: bool) -> None:
+    """Print the difference between two runs (directories or results.json files)."""
+    from ponder.lab.compare import compare, compare_table, load_results
+
+    diff = compare(load_results(a), load_results(b))
+    click.echo(json.dumps(diff, indent=2) if as_json else compare_table(diff, a, b))
+
+
+@bench_cmd.command("audit")
+@click.argument("run_dir", metavar="RUN", type=click.Path())
+@click.option("--limit", type=int, default=20, show_default=True, help="Traces to audit.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the perturbations.")
+def audit_cmd(run_dir: str, limit: int, seed: int) -> None:
+    """Perturb saved thinking traces and measure how often the answer changes.
+
+    Each trace gets three perturbations (delete a step, corrupt a number,
+    contradict a step); the model answers again from the perturbed trace.
+    Writes RUN/audit.json.
+    """
+    from tqdm import tqdm
+
+    from ponder.lab.audit import audit_table, run_audit
+
+    if limit < 1:
+        raise ConfigError("--limit must be >= 1", param="--limit")
+    bar = tqdm(total=None, desc="audit", unit="trace", file=sys.stderr)
+
+    def progress(i: int, n: int) -> None:
+        bar.total = n
+        bar.n = i
+        bar.refresh()
+
+    try:
+        result = run_audit(Path(run_dir), limit=limit, seed=seed, progress=progress)
+    finally:
+        bar.close()
+    click.echo(audit_table(result))
+    click.echo(f"\nwrote {Path(run_dir) / 'audit.json'}")

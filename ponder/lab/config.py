@@ -1,0 +1,150 @@
+"""One flat, validated configuration per lab run (the grid and its data).
+
+A run is the product models x budgets x strategies x N over a set of items.
+The whole :class:`BenchConfig` is written to ``run.json`` so ``--resume``
+continues exactly the run that was started, and ``results.json`` repeats it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ponder.errors import ConfigError
+from ponder.strategies import REGISTRY, build_params, get_strategy
+from ponder.thinking.budget import EFFORT_ORDER
+
+#: the parameter that sets "how many" for each strategy (absent: N does not apply)
+N_PARAM = {
+    "self-consistency": "n",
+    "adaptive-consistency": "n_max",
+    "best-of-n": "n",
+    "weighted-best-of-n": "n",
+    "verify-retry": "k",
+    "refine": "rounds",
+    "beam": "width",
+    "dvts": "subtrees",
+    "mcts": "simulations",
+}
+#: strategies whose samples are independent seeded draws: they share one pool per item
+POOLED = {"single", "self-consistency", "adaptive-consistency", "best-of-n", "weighted-best-of-n"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration of the grid."""
+
+    model: str
+    budget: str  # "think=64" or "effort=low"
+    strategy: str
+    n: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}|{self.budget}|{self.strategy}|n={self.n}"
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "model": self.model, "budget": self.budget, "strategy": self.strategy, "n": self.n}
+
+
+@dataclass
+class BenchConfig:
+    tasks: list[str] = field(default_factory=list)
+    data: str | None = None
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    difficulty_field: str | None = None
+    scorer: str | None = None
+    on_bad_line: str = "skip"
+    suite: str | None = None
+    #: model names / GGUF paths, or lane names of ``config_path``
+    models: list[str] = field(default_factory=list)
+    config_path: str | None = None
+    efforts: list[str] | None = None
+    budgets: list[int] | None = None
+    strategies: list[str] = field(default_factory=lambda: ["single"])
+    n: list[int] = field(default_factory=lambda: [1])
+    #: extra strategy parameters: {"best-of-n": {"verifier": "task"}}
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    limit: int = 20
+    seed: int = 0
+    concurrency: int = 1
+    temperature: float = 0.7
+    answer_tokens: int = 32
+    answer_kind: str = "auto"
+    prompt: str = "{question}\nGive only the final answer."
+    latency_slo_s: float | None = None
+    min_accuracy: float | None = None
+
+    def validate(self) -> None:
+        if not self.tasks and not self.data:
+            raise ConfigError("nothing to run: give --suite, --task or --data", param="--task")
+        if self.efforts is not None and self.budgets is not None:
+            raise ConfigError("give --efforts or --budgets, not both", param="--budgets")
+        for e in self.efforts or []:
+            if e not in EFFORT_ORDER:
+                raise ConfigError(f"unknown effort {e!r}; choose from {', '.join(EFFORT_ORDER)}", param="--efforts")
+        for b in self.budgets or []:
+            if b < 0:
+                raise ConfigError(f"budgets must be >= 0, got {b}", param="--budgets")
+        if not self.strategies:
+            raise ConfigError("give at least one strategy", param="--strategies")
+        for s in self.strategies:
+            if s not in REGISTRY:
+                raise ConfigError(f"unknown strategy {s!r}; available: {', '.join(sorted(REGISTRY))}",
+                                  param="--strategies")
+        for s, raw in self.params.items():
+            if s not in REGISTRY:
+                raise ConfigError(f"--param names unknown strategy {s!r}", param="--param")
+            try:
+                build_params(get_strategy(s), {**raw, **({N_PARAM[s]: 1} if s in N_PARAM else {})}, 1024)
+            except Exception as exc:
+                raise ConfigError(f"--param for {s}: {exc}", param="--param") from None
+        if not self.n or any(k < 1 for k in self.n):
+            raise ConfigError("--n wants whole numbers >= 1", param="--n")
+        if self.limit < 1:
+            raise ConfigError("--limit must be >= 1", param="--limit")
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be >= 1", param="--concurrency")
+        if not 0 <= self.temperature <= 2:
+            raise ConfigError("--temperature must be in [0, 2]", param="--temperature")
+        if self.on_bad_line not in ("skip", "stop"):
+            raise ConfigError("--on-bad-line is skip or stop", param="--on-bad-line")
+        if "{question}" not in self.prompt:
+            raise ConfigError("--prompt must contain {question}", param="--prompt")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise ConfigError("--min-accuracy is a share in [0, 1]", param="--min-accuracy")
+
+    # -- the grid ------------------------------------------------------------
+    def budget_labels(self) -> list[str]:
+        if self.efforts is not None:
+            return [f"effort={e}" for e in self.efforts]
+        return [f"think={b}" for b in (self.budgets if self.budgets is not None else [0])]
+
+    def ns_for(self, strategy: str) -> list[int]:
+        return sorted(set(self.n)) if strategy in N_PARAM else [1]
+
+    def points(self, model: str) -> list[Point]:
+        """Every configuration for one model, largest N first (so a pool is filled in one go)."""
+        out = []
+        for b in self.budget_labels():
+            for s in self.strategies:
+                for n in sorted(self.ns_for(s), reverse=True):
+                    out.append(Point(model, b, s, n))
+        return out
+
+    def strategy_params(self, point: Point) -> dict[str, Any]:
+        raw = dict(self.params.get(point.strategy, {}))
+        if point.strategy in N_PARAM:
+            raw[N_PARAM[point.strategy]] = point.n
+        return raw
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BenchConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

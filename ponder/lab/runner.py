@@ -1,0 +1,370 @@
+"""Run a lab grid: every (model, budget, strategy, N) on every item, in-process.
+
+Each configuration is planned by :func:`ponder.policy.plan_request` from an
+ordinary chat-completion request and run by the same strategy object the
+gateway serves; the lab only adds the item's scorer (as the strategy's
+programmatic verifier), the answer kind and a :class:`SamplePool` so
+independent draws are made once per item and shared by every N.
+
+Work is split into units of (model, item).  Each finished configuration is
+appended to ``samples.jsonl`` at once, so an interrupted run loses at most
+the configuration in flight; ``--resume`` skips every (configuration, item)
+already in the log.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ponder import __version__
+from ponder.api.request import parse_request
+from ponder.backends.base import Backend
+from ponder.backends.models import file_sha256, model_label, resolve_model
+from ponder.config import LaneConfig, PonderConfig, load_config
+from ponder.errors import ConfigError, PonderError
+from ponder.lab.config import POOLED, BenchConfig, Point
+from ponder.lab.pool import SamplePool
+from ponder.lab.tasks import Item, JsonlSpec, load_jsonl, load_task, sha256_text
+from ponder.service import Ponder
+from ponder.strategies import get_strategy
+from ponder.thinking.extract import extract_answer
+from ponder.types import CancelToken
+
+SAMPLES = "samples.jsonl"
+RUN = "run.json"
+LINE_SCHEMA = 1
+
+
+@dataclass
+class RunState:
+    """Counters shared by the workers (guarded by ``lock``)."""
+
+    done: set[tuple[str, str]] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    lines: int = 0
+    correct: int = 0
+    tokens: int = 0
+    errors: int = 0
+    engine_s: float = 0.0
+
+
+# ---------------------------------------------------------------------------
+# items and lanes
+# ---------------------------------------------------------------------------
+
+
+def load_items(cfg: BenchConfig, warn: Callable[[str], None]) -> list[Item]:
+    items: list[Item] = []
+    for spec in cfg.tasks:
+        items += load_task(spec, limit=cfg.limit, seed=cfg.seed, answer_kind=cfg.answer_kind)
+    if cfg.data:
+        items += load_jsonl(
+            JsonlSpec(cfg.data, cfg.question_field, cfg.answer_field, cfg.id_field, cfg.difficulty_field, cfg.scorer,
+                      cfg.on_bad_line),
+            limit=cfg.limit, answer_kind=cfg.answer_kind, warn=warn)
+    seen: set[str] = set()
+    for it in items:
+        if it.id in seen:
+            raise ConfigError(f"item id {it.id!r} appears twice; ids must be unique", param="--data")
+        seen.add(it.id)
+    return items
+
+
+def build_config(cfg: BenchConfig, *, check_models: bool = True) -> PonderConfig:
+    """The serving config the lab plans with: the YAML's lanes, or one lane per ``--models`` entry."""
+    if cfg.config_path:
+        base = load_config(cfg.config_path)
+        if not cfg.models:
+            return base
+        names = {lane.name: lane for lane in base.lanes}
+        missing = [m for m in cfg.models if m not in names]
+        if missing:
+            raise ConfigError(f"--models {', '.join(missing)}: not a lane of {cfg.config_path} "
+                              f"(lanes: {', '.join(names)})", param="--models")
+        return base.model_copy(update={"lanes": [names[m] for m in cfg.models]})
+    models = cfg.models or [None]
+    lanes = []
+    for m in models:
+        if check_models:
+            try:
+                resolve_model(m)
+            except PonderError as exc:
+                raise ConfigError(f"--models {m}: {exc.message}", param="--models") from None
+        lanes.append(LaneConfig(name=model_label(m) if check_models else str(m), model=m, n_ctx=4096))
+    if len({lane.name for lane in lanes}) != len(lanes):
+        raise ConfigError("--models lists the same model twice", param="--models")
+    return PonderConfig(lanes=lanes)
+
+
+def model_manifest(config: PonderConfig) -> dict[str, dict]:
+    """Name, file and sha256 of each lane's model (upstreams: their URL and model name)."""
+    out = {}
+    for lane in config.lanes:
+        if lane.backend == "llama_cpp":
+            try:
+                path = resolve_model(lane.model)
+                out[lane.name] = {"backend": "llama_cpp", "file": path.name, "sha256": file_sha256(path)}
+            except PonderError as exc:
+                out[lane.name] = {"backend": "llama_cpp", "error": exc.message}
+        else:
+            out[lane.name] = {"backend": lane.backend, "base_url": lane.base_url, "model": lane.upstream_model}
+    return out
+
+
+# ---------------------------------------------------------------------------
+# one configuration on one item
+# ---------------------------------------------------------------------------
+
+
+def request_body(cfg: BenchConfig, point: Point, item: Item, seed: int) -> dict[str, Any]:
+    """The chat-completion request a client would send for this configuration."""
+    body: dict[str, Any] = {
+        "model": point.model,
+        "messages": [{"role": "user", "content": cfg.prompt.format(question=item.question)}],
+        "temperature": cfg.temperature,
+        "seed": seed,
+        "max_tokens": cfg.answer_tokens,
+        "ponder": {"strategy": point.strategy, "params": cfg.strategy_params(point)},
+    }
+    kind, _, value = point.budget.partition("=")
+    if kind == "effort":
+        body["reasoning_effort"] = value
+    else:
+        body["max_thinking_tokens"] = int(value)
+    return body
+
+
+def score(item: Item, answer: str, extracted: str | None, memo: dict) -> tuple[float | None, str | None]:
+    """(score, error) of one answer under the item's scorer; a raising scorer is an error, not a crash."""
+    key = (answer, extracted)
+    if key not in memo:
+        try:
+            memo[key] = (float(item.verifier.verify(item.question, answer, extracted).score), None)
+        except Exception as exc:  # a user's scorer may raise anything
+            memo[key] = (None, f"scorer raised {type(exc).__name__}: {exc}")
+    return memo[key]
+
+
+def run_point(ponder: Ponder, backend: Backend, cfg: BenchConfig, point: Point, item: Item, seed: int,
+              pool: SamplePool | None, memo: dict) -> dict:
+    body = request_body(cfg, point, item, seed)
+    prompt_sha = sha256_text(body["messages"][0]["content"])
+    base = {
+        "schema": LINE_SCHEMA, "item": item.id, "task": item.task, "difficulty": item.difficulty,
+        "prompt_sha256": prompt_sha, "expected_sha256": item.expected_sha256, "config": point.as_dict(), "seed": seed,
+    }
+    t0 = time.perf_counter()
+    fresh0 = pool.fresh_seconds if pool else 0.0
+    try:
+        plan = ponder.plan(parse_request(body))
+        request = replace(ponder.strategy_request(plan, CancelToken()), verifier=item.verifier,
+                          answer_kind=item.answer_kind, pool=pool if point.strategy in POOLED else None)
+        result = get_strategy(plan.strategy).run(request, backend, plan.strategy_params)
+    except Exception as exc:
+        if isinstance(exc, (ConfigError,)):
+            raise
+        msg = exc.message if isinstance(exc, PonderError) else f"{type(exc).__name__}: {exc}"
+        return {**base, "error": f"engine: {msg}", "correct": False, "score": None, "usage": None,
+                "latency_s": time.perf_counter() - t0, "engine_s": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    if pool is not None and point.strategy in POOLED:
+        # replayed draws cost nothing now; charge each configuration for the draws it used
+        fresh = pool.fresh_seconds - fresh0
+        engine_s = fresh
+        latency = wall - fresh + sum(s.generation.timings.total_s or 0.0 for s in result.samples)
+    else:
+        engine_s = wall
+        latency = wall
+    extracted = extract_answer(result.answer, kind=item.answer_kind) if result.answer else None
+    sc, err = score(item, result.answer, extracted, memo)
+    draws = []
+    for i, s in enumerate(result.samples):
+        ds, _ = score(item, s.generation.answer, s.answer, memo)
+        draws.append({"i": i, "extracted": s.answer, "score": ds,
+                      "thinking_tokens": s.generation.usage.thinking_tokens,
+                      "answer_tokens": s.generation.usage.answer_tokens})
+    u = result.usage
+    chosen = result.chosen
+    return {
+        **base,
+        "thinking": chosen.thinking,
+        "answer": result.answer,
+        "extracted": extracted,
+        "score": sc,
+        "correct": sc == 1.0,
+        "error": err,
+        "n_samples": result.n_samples,
+        "independent_draws": point.strategy in POOLED,
+        "draws": draws,
+        "usage": {"prompt_tokens": u.prompt_tokens, "cached_prompt_tokens": u.cached_prompt_tokens,
+                  "thinking_tokens": u.thinking_tokens, "answer_tokens": u.answer_tokens},
+        "cost_usd": plan.lane.prices.cost(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
+        "latency_s": latency,
+        "engine_s": engine_s,
+        "truncated": bool(chosen.thinking_report.truncated),
+        "stopped": chosen.thinking_report.stopped,
+        "decision": result.decision,
+        "confidence": result.confidence,
+    }
+
+
+# ---------------------------------------------------------------------------
+# the log
+# ---------------------------------------------------------------------------
+
+
+def read_samples(out: Path, *, repair: bool = False) -> list[dict]:
+    """Every complete line of ``samples.jsonl``; with ``repair`` a torn last line is cut off."""
+    path = out / SAMPLES
+    if not path.exists():
+        return []
+    lines, good = [], []
+    raw = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for text in raw:
+        try:
+            rec = json.loads(text)
+            if not text.endswith("\n"):
+                raise ValueError("torn line")
+        except ValueError:
+            continue
+        lines.append(rec)
+        good.append(text)
+    if repair and len(good) != len(raw):
+        path.write_text("".join(good), encoding="utf-8")
+    return lines
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["ponder", *sys.argv[1:]])
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    out: Path
+    lines: list[dict]
+    items: list[Item]
+    config: PonderConfig
+    manifest: dict
+    wall_s: float
+    interrupted: bool
+    engine_s: float
+    new_lines: int
+
+
+def prepare(cfg: BenchConfig, out: Path, *, resume: bool) -> BenchConfig:
+    """Create or reopen a run directory; on resume the stored configuration wins."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / RUN
+    if resume:
+        if not run_file.exists():
+            raise ConfigError(f"--resume: {out} has no {RUN}; start the run without --resume", param="--resume")
+        stored = json.loads(run_file.read_text())
+        return BenchConfig.from_dict(stored["config"])
+    if (out / SAMPLES).exists() and (out / SAMPLES).stat().st_size > 0:
+        raise ConfigError(f"{out} already holds a run; use --resume to continue it or pick another --out",
+                          param="--out")
+    return cfg
+
+
+def run_bench(cfg: BenchConfig, out: Path, *, resume: bool = False, progress: bool = True,
+              backends: dict[str, Backend] | None = None, warn: Callable[[str], None] | None = None) -> RunOutcome:
+    warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
+    cfg = prepare(cfg, Path(out), resume=resume)
+    cfg.validate()
+    out = Path(out)
+    items = load_items(cfg, warn)
+    config = build_config(cfg, check_models=backends is None)
+    manifest = model_manifest(config) if backends is None else {
+        lane.name: {"backend": "provided", "model": backends[lane.name].info.model} for lane in config.lanes}
+    ponder = Ponder(config, backends=backends)
+    points = {lane.name: cfg.points(lane.name) for lane in config.lanes}
+    _preflight(ponder, cfg, points, items[0])
+    if not resume:
+        (out / RUN).write_text(json.dumps({
+            "config": cfg.as_dict(), "command": command_line(), "ponder_version": __version__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": manifest}, indent=2))
+    existing = read_samples(out, repair=True)
+    state = RunState(done={(r["config"]["key"], r["item"]) for r in existing})
+    seeds = {it.id: cfg.seed * 100_003 + i for i, it in enumerate(items)}
+    units = [(lane, it) for lane in config.lanes for it in items]
+    total = sum(len(points[lane.name]) for lane, _ in units)
+    already = sum(1 for lane, it in units for p in points[lane.name] if (p.key, it.id) in state.done)
+    bar = _progress(total, already, progress)
+    t_start = time.perf_counter()
+    interrupted = False
+    log = (out / SAMPLES).open("a", encoding="utf-8")
+
+    def unit(lane: LaneConfig, item: Item) -> None:
+        backend = ponder.backend(lane)
+        memo: dict = {}
+        pools: dict[str, SamplePool] = {}
+        for point in points[lane.name]:
+            if (point.key, item.id) in state.done:
+                continue
+            pool = pools.setdefault(point.budget, SamplePool())
+            line = run_point(ponder, backend, cfg, point, item, seeds[item.id], pool, memo)
+            with state.lock:
+                log.write(json.dumps(line) + "\n")
+                log.flush()
+                state.done.add((point.key, item.id))
+                state.lines += 1
+                state.correct += bool(line.get("correct"))
+                state.errors += line.get("error") is not None
+                state.engine_s += line.get("engine_s") or 0.0
+                if line.get("usage"):
+                    state.tokens += line["usage"]["thinking_tokens"] + line["usage"]["answer_tokens"]
+                bar.update(1)
+                bar.set_postfix_str(f"tokens {state.tokens}, acc {state.correct / state.lines:.2f} (all configs)"
+                                    + (f", {state.errors} errors" if state.errors else ""))
+
+    try:
+        with cf.ThreadPoolExecutor(max_workers=cfg.concurrency) as pool_ex:
+            futures = [pool_ex.submit(unit, lane, it) for lane, it in units]
+            try:
+                for f in cf.as_completed(futures):
+                    f.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    except KeyboardInterrupt:
+        interrupted = True
+        warn(f"interrupted; finished configurations are in {out / SAMPLES}; continue with --resume")
+    finally:
+        log.close()
+        bar.close()
+    return RunOutcome(out=out, lines=read_samples(out), items=items, config=config, manifest=manifest,
+                      wall_s=time.perf_counter() - t_start, interrupted=interrupted, engine_s=state.engine_s,
+                      new_lines=state.lines)
+
+
+def _preflight(ponder: Ponder, cfg: BenchConfig, points: dict[str, list[Point]], item: Item) -> None:
+    """Plan every configuration once before any work, so a bad budget or N fails in a second, not an hour."""
+    for pts in points.values():
+        for p in pts:
+            try:
+                ponder.plan(parse_request(request_body(cfg, p, item, 0)))
+            except PonderError as exc:
+                flag = {"max_thinking_tokens": "--budgets", "reasoning_effort": "--efforts"}.get(exc.param or "",
+                                                                                                  "--param")
+                raise ConfigError(f"configuration {p.key}: {exc.message}", param=flag) from None
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="cfg", desc="bench", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)

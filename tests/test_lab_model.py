@@ -1,0 +1,82 @@
+"""The lab end to end on the real embedded model, through the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.model
+
+
+def ponder(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "ponder.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab") / "run"
+    p = ponder("bench", "--task", "basic_arithmetic:min_terms=2,max_terms=2,min_digits=1,max_digits=1",
+               "--limit", "2", "--budgets", "0,16", "--strategies", "single,self-consistency", "--n", "2",
+               "--answer-tokens", "10", "--answer-kind", "number", "--out", str(out), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "configuration" in p.stdout and "think=16|self-consistency|n=2" in p.stdout
+    return out
+
+
+def test_bench_writes_every_output(run_dir):
+    for name in ("results.json", "samples.jsonl", "run.json", "accuracy_vs_tokens.png", "pareto.png", "report.md",
+                 "report.html"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert (run_dir / "accuracy_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["schema"] == "ponder.lab.results/1"
+    (model,) = results["models"].values()
+    assert len(model["sha256"]) == 64
+    assert len(results["configurations"]) == 4
+    lines = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 2 * 2
+    for r in lines:
+        budget = int(r["config"]["budget"].split("=")[1])
+        assert r["usage"]["thinking_tokens"] <= budget * r["n_samples"]
+        assert r["usage"]["answer_tokens"] <= 10 * r["n_samples"]
+        assert r["correct"] == (r["score"] == 1.0)
+    # self-consistency n=2 replays single's draw as its first sample
+    by = {(r["item"], r["config"]["key"].split("|", 1)[1]): r for r in lines}
+    for item in {r["item"] for r in lines}:
+        single = by[(item, "think=16|single|n=1")]
+        sc = by[(item, "think=16|self-consistency|n=2")]
+        assert sc["draws"][0]["extracted"] == single["extracted"]
+
+
+def test_resume_of_a_finished_run_adds_nothing(run_dir):
+    before = (run_dir / "samples.jsonl").read_text()
+    p = ponder("bench", "--resume", "--out", str(run_dir), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert (run_dir / "samples.jsonl").read_text() == before
+
+
+def test_compare_and_audit(run_dir):
+    p = ponder("bench", "compare", str(run_dir), str(run_dir / "results.json"))
+    assert p.returncode == 0, p.stderr
+    assert "+0.00" in p.stdout
+    p = ponder("bench", "audit", str(run_dir), "--limit", "2")
+    assert p.returncode == 0, p.stderr
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["traces"] == 2 and "delete_step" in p.stdout
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--task", "basic_arithmetc"], "--task"),
+    (["--task", "basic_arithmetic", "--budgets", "0,x"], "--budgets"),
+    (["--task", "basic_arithmetic", "--strategies", "magic"], "--strategies"),
+    (["--task", "basic_arithmetic", "--models", "no-such-model"], "--models"),
+    (["--data", "/nonexistent.jsonl"], "--data"),
+    (["--suite", "huge"], "--suite"),
+])
+def test_bad_input_names_the_flag(tmp_path, args, flag):
+    p = ponder("bench", *args, "--out", str(tmp_path / "r"), "--no-progress", timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.startswith(f"error: {flag}") and "Traceback" not in p.stderr
