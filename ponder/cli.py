@@ -60,6 +60,7 @@ def main() -> None:
     ponder serve   run the OpenAI-compatible gateway (make serve)
     ponder plan    size and price a self-hosted reasoning deployment
     ponder bench   measure accuracy against compute (the lab)
+    ponder tune    write a routing policy from lab runs
     """
 
 
@@ -68,9 +69,12 @@ def _load(config_path: str | None, model: str | None):
 
     config = load_config(config_path)
     if model and model not in {lane.name for lane in config.lanes}:
-        # a model name or GGUF path: run the default lane on that model
-        lane = config.lane(None)
-        lanes = [ln.model_copy(update={"model": model}) if ln.name == lane.name else ln for ln in config.lanes]
+        # a model name or GGUF path: the lanes on the default model run that model instead
+        lanes = [ln.model_copy(update={"model": model}) if ln.backend == "llama_cpp" and ln.model is None else ln
+                 for ln in config.lanes]
+        if lanes == list(config.lanes):
+            lane = config.lane(None)
+            lanes = [ln.model_copy(update={"model": model}) if ln.name == lane.name else ln for ln in config.lanes]
         config = config.model_copy(update={"lanes": lanes})
         model = None
     return config, model
@@ -91,8 +95,10 @@ def _load(config_path: str | None, model: str | None):
 @click.option("--strategy", default=None, help="Test-time strategy (see `ponder strategies`).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A strategy parameter; repeatable.")
 @click.option("--config", "config_path", default=None, type=click.Path(), help="ponder YAML config.")
+@click.option("--policy", "policy_path", default=None,
+              help="Routing policy YAML (from `ponder tune`), 'default' or 'off'; default: the config's.")
 def ask(question, effort, max_thinking_tokens, min_thinking_tokens, show_thinking, model, as_json, system,
-        temperature, seed, max_answer_tokens, strategy, params, config_path) -> None:
+        temperature, seed, max_answer_tokens, strategy, params, config_path, policy_path) -> None:
     """Answer QUESTION under a thinking budget.
 
     \b
@@ -118,7 +124,7 @@ def ask(question, effort, max_thinking_tokens, min_thinking_tokens, show_thinkin
     if strategy or params:
         body["ponder"] = {"strategy": strategy, "params": _parse_params(params)}
     req = parse_request(body)
-    service = Ponder(config)
+    service = Ponder(config, policy=_policy(config, policy_path))
     plan = service.plan(req)
     if as_json:
         outcome = service.run(plan)
@@ -182,13 +188,19 @@ def _ask_streaming(service, plan, show_thinking: bool) -> None:
 @click.option("--port", type=int, default=None, help="Port (default from config: 8000).")
 @click.option("--config", "config_path", default=None, type=click.Path(), help="ponder YAML config (lanes, prices, server).")
 @click.option("--model", default=None, help="Serve this model on the default lane (name or GGUF path).")
+@click.option("--policy", "policy_path", default=None,
+              help="Routing policy YAML (from `ponder tune`), 'default' (shipped) or 'off'; default: the config's.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(host, port, config_path, model, log_level) -> None:
+def serve(host, port, config_path, model, policy_path, log_level) -> None:
     """Run the OpenAI-compatible gateway.
 
     \b
     Point any OpenAI client at http://HOST:PORT/v1.  Endpoints:
       POST /v1/chat/completions   GET /v1/models   GET /health   GET /metrics
+
+    \b
+    model "auto" is routed by the policy (score bands -> lane, effort,
+    strategy); naming a lane pins it; explicit reasoning_effort wins.
     """
     import uvicorn
 
@@ -196,7 +208,11 @@ def serve(host, port, config_path, model, log_level) -> None:
     from ponder.service import Ponder
 
     config, _ = _load(config_path, model)
-    service = Ponder(config)
+    policy = _policy(config, policy_path)
+    service = Ponder(config, policy=policy)
+    if policy is not None:
+        click.echo(f"ponder: routing with the {policy.router} router, {len(policy.bands)} bands "
+                   f"({policy_path or config.policy})", err=True)
     # load the default lane now: a missing model fails at start-up, not on the first request
     lane = config.lane(None)
     click.echo(f"ponder {__version__}: loading lane {lane.name!r} ({lane.backend}: {lane.model or lane.base_url or 'smollm2'})", err=True)
@@ -205,6 +221,20 @@ def serve(host, port, config_path, model, log_level) -> None:
     port = port if port is not None else config.server.port
     click.echo(f"ponder: serving on http://{host}:{port}/v1", err=True)
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+
+
+def _policy(config, path: str | None):
+    """The routing policy: --policy, else the config's ``policy`` key; 'off' disables routing."""
+    from ponder.routing.policy import load_policy
+
+    choice = path or config.policy
+    if choice == "off":
+        return None
+    try:
+        return load_policy(None if choice == "default" else choice)
+    except PonderError as exc:
+        exc.param = "--policy" if path else "policy"
+        raise
 
 
 def _parse_params(items) -> dict:
@@ -222,9 +252,11 @@ def _parse_params(items) -> dict:
 
 from ponder.lab.cli import bench_cmd  # noqa: E402
 from ponder.plan.cli import plan_cmd  # noqa: E402
+from ponder.routing.cli import tune_cmd  # noqa: E402
 
 main.add_command(plan_cmd)
 main.add_command(bench_cmd)
+main.add_command(tune_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

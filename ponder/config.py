@@ -91,6 +91,33 @@ class ThinkingConfig(_Strict):
         return EffortTable(caps=dict(self.efforts), max_budget=self.max_budget)
 
 
+class SheddingConfig(_Strict):
+    """Load shedding by budget: under pressure new requests think less; nobody is cut.
+
+    The pressure level is the number of marks reached by the queue depth
+    (requests waiting for any engine) or by the thinking tokens in flight (the
+    budgets of admitted, unfinished requests); each level lowers a new
+    request's effort by one tier (high -> medium -> low), never below
+    ``floor``.  Past a hard ceiling the gateway answers 429 with Retry-After.
+    """
+
+    enabled: bool = True
+    queue_marks: list[int] = Field(default_factory=lambda: [4, 8, 16])
+    thinking_marks: list[int] = Field(default_factory=lambda: [16384, 32768, 65536])
+    floor: str = "low"
+    hard_queue: int | None = Field(None, ge=0)
+    hard_thinking_tokens: int | None = Field(None, ge=0)
+    retry_after_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _marks(self) -> "SheddingConfig":
+        for name in ("queue_marks", "thinking_marks"):
+            marks = getattr(self, name)
+            if marks != sorted(marks) or any(m < 0 for m in marks):
+                raise ValueError(f"{name} must be non-negative and increasing")
+        return self
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -109,14 +136,21 @@ class ServerConfig(_Strict):
     summary_lane: str | None = None
     #: append one JSON line per request (usage, cost, timings) to this file
     ledger_path: str | None = None
+    shedding: SheddingConfig = SheddingConfig()
 
 
 class PonderConfig(_Strict):
     server: ServerConfig = ServerConfig()
     thinking: ThinkingConfig = ThinkingConfig()
-    lanes: list[LaneConfig] = Field(default_factory=lambda: [LaneConfig()])
+    #: built-in default: two lanes on the packaged model, sharing one engine:
+    #: ``reasoning`` (thinks at medium effort) and ``fast`` (no thinking)
+    lanes: list[LaneConfig] = Field(default_factory=lambda: [
+        LaneConfig(name="reasoning"), LaneConfig(name="fast", effort="none")])
     #: the lane a request gets when its ``model`` names none
     default_lane: str | None = None
+    #: routing policy for requests with model "auto": a policy YAML path,
+    #: "default" (the shipped policy) or "off" (always the default lane)
+    policy: str = "default"
 
     @model_validator(mode="after")
     def _lanes_valid(self) -> "PonderConfig":

@@ -19,6 +19,8 @@ from ponder.backends.base import Backend
 from ponder.backends.registry import build_backend
 from ponder.config import LaneConfig, PonderConfig
 from ponder.policy import Plan, plan_request
+from ponder.routing import build_router
+from ponder.routing.policy import RoutingPolicy
 from ponder.strategies import get_strategy
 from ponder.strategies.base import StrategyRequest, StrategyResult
 from ponder.strategies.single import result_of_single
@@ -62,20 +64,35 @@ class Ponder:
         *,
         backends: dict[str, Backend] | None = None,
         backend_factory: Callable[[LaneConfig], Backend] = build_backend,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self.config = config
         self._backends: dict[str, Backend] = dict(backends or {})
+        self._engines: dict[str, Backend] = {}
         self._factory = backend_factory
         self._build_lock = threading.Lock()
+        #: the routing policy for requests that leave the lane open (None: the default lane)
+        self.policy = policy
+        self.router = None
+        if policy is not None:
+            policy.check_against(config)
+            fast = config.lane(policy.lane_name(policy.bands[0], config))
+            self.router = build_router(policy, lambda: self.backend(fast))
 
     # -- backends ----------------------------------------------------------
     def backend(self, lane: LaneConfig) -> Backend:
+        """The lane's engine.  Lanes that differ only in policy (effort, strategy,
+        prices) share one engine: the built-in fast and reasoning lanes load the
+        model once."""
         b = self._backends.get(lane.name)
         if b is not None:
             return b
+        key = engine_key(lane)
         with self._build_lock:
             if lane.name not in self._backends:
-                self._backends[lane.name] = self._factory(lane)
+                if key not in self._engines:
+                    self._engines[key] = self._factory(lane)
+                self._backends[lane.name] = self._engines[key]
             return self._backends[lane.name]
 
     def cached_backend(self, lane: LaneConfig) -> Backend | None:
@@ -83,7 +100,7 @@ class Ponder:
         return self._backends.get(lane.name)
 
     def close(self) -> None:
-        for b in self._backends.values():
+        for b in {id(b): b for b in self._backends.values()}.values():
             b.close()
 
     def summarizer(self) -> tuple[Backend, LaneConfig]:
@@ -129,7 +146,12 @@ class Ponder:
 
     # -- planning ----------------------------------------------------------
     def plan(self, req: ChatCompletionRequest) -> Plan:
-        return plan_request(req, self.config)
+        return plan_request(req, self.config, policy=self.policy, router=self.router)
+
+    @property
+    def routing_blocks(self) -> bool:
+        """True when planning runs a model (the llm router): call :meth:`plan` off the event loop."""
+        return self.policy is not None and self.policy.router == "llm"
 
     def strategy_request(self, plan: Plan, cancel: CancelToken, *, seed_offset: int = 0) -> StrategyRequest:
         sampling = plan.sampling
@@ -153,10 +175,23 @@ class Ponder:
         strategy = get_strategy(plan.strategy)
         results = []
         for i in range(plan.n):
-            results.append(strategy.run(self.strategy_request(plan, cancel, seed_offset=i), backend, plan.strategy_params))
+            if plan.escalation is not None:
+                results.append(self.run_cascade(plan, cancel, seed_offset=i))
+            else:
+                results.append(strategy.run(self.strategy_request(plan, cancel, seed_offset=i), backend,
+                                            plan.strategy_params))
             if cancel.cancelled:
                 break
         return self._outcome(plan, results, t0, queue_s)
+
+    def run_cascade(self, plan: Plan, cancel: CancelToken, *, seed_offset: int = 0) -> StrategyResult:
+        from ponder.routing.cascade import run_cascade
+
+        esc = plan.escalation
+        assert esc is not None and self.policy is not None
+        return run_cascade(self.strategy_request(plan, cancel, seed_offset=seed_offset), self.backend(plan.lane),
+                           self.strategy_request(esc, cancel, seed_offset=seed_offset), self.backend(esc.lane), esc,
+                           self.policy.cascade, plan.lane.prices, esc.lane.prices)
 
     def stream(self, plan: Plan, *, cancel: CancelToken | None = None) -> Iterator[ChoiceEvent]:
         """Token events of every choice, in order; each choice ends with Finished.
@@ -170,13 +205,16 @@ class Ponder:
         for i in range(plan.n):
             request = self.strategy_request(plan, cancel, seed_offset=i)
             stream = getattr(strategy, "stream", None)
-            if plan.strategy == "single" and stream is not None:
+            if plan.strategy == "single" and stream is not None and plan.escalation is None:
                 for ev in stream(request, backend, plan.strategy_params):
                     yield ChoiceEvent(i, ev)
             else:
                 # multi-sample strategies pick their answer at the end; the
                 # chosen sample is then streamed, followed by the full result
-                result = strategy.run(request, backend, plan.strategy_params)
+                # (a cascade decides after its fast attempt: that attempt is short and is
+                # buffered; an escalated answer is the reasoning lane's chosen sample)
+                result = (self.run_cascade(plan, cancel, seed_offset=i) if plan.escalation is not None
+                          else strategy.run(request, backend, plan.strategy_params))
                 chosen = result.chosen
                 if chosen.thinking:
                     yield ChoiceEvent(i, control.ThinkingDelta(chosen.thinking, chosen.thinking_report.used))
@@ -193,7 +231,7 @@ class Ponder:
         return self._outcome(plan, results, t0, queue_s)
 
     def _outcome(self, plan: Plan, results: list[StrategyResult], t0: float, queue_s: float) -> Outcome:
-        usage = Usage()
+        usage = plan.overhead
         for r in results:
             usage = usage + r.usage
         first = results[0].chosen.timings if results else Timings()
@@ -203,8 +241,23 @@ class Ponder:
             time_to_answer_s=None if first.time_to_answer_s is None else first.time_to_answer_s + queue_s,
             total_s=time.perf_counter() - t0 + queue_s,
         )
-        cost = plan.lane.prices.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+        if any("cost_usd" in r.extra for r in results):
+            # a cascade priced each attempt at its own lane
+            rest = [r for r in results if "cost_usd" not in r.extra]
+            rest_usage = plan.overhead
+            for r in rest:
+                rest_usage = rest_usage + r.usage
+            cost = sum(r.extra["cost_usd"] for r in results if "cost_usd" in r.extra) + plan.lane.prices.cost(
+                rest_usage.prompt_tokens, rest_usage.completion_tokens, rest_usage.cached_prompt_tokens)
+        else:
+            cost = plan.lane.prices.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
         backend = self._backends.get(plan.lane.name)
+        extra = {}
+        cascades = [r.extra["cascade"] for r in results if "cascade" in r.extra]
+        if cascades:
+            extra["cascade"] = cascades[0] if len(cascades) == 1 else cascades
+        if plan.degraded:
+            extra["degraded"] = plan.degraded
         return Outcome(
             id="chatcmpl-" + uuid.uuid4().hex[:24],
             created=int(time.time()),
@@ -214,7 +267,13 @@ class Ponder:
             usage=usage,
             cost_usd=cost,
             timings=timings,
+            extra=extra,
         )
+
+
+def engine_key(lane: LaneConfig) -> str:
+    """What makes two lanes' engines different (not their names, efforts, strategies or prices)."""
+    return repr(sorted(lane.model_dump(exclude={"name", "effort", "strategy", "answer_tokens", "prices"}).items()))
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,11 @@ def run(opts: dict) -> None:
         sys.exit(130)
 
 
+from ponder.routing.cli import routers_cmd  # noqa: E402
+
+bench_cmd.add_command(routers_cmd)
+
+
 @bench_cmd.command("compare")
 @click.argument("a", type=click.Path())
 @click.argument("b", type=click.Path())

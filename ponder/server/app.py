@@ -29,6 +29,7 @@ from ponder.server import worker
 from ponder.server.admission import LaneGate
 from ponder.server.ledger import Ledger
 from ponder.server.metrics import Metrics
+from ponder.server.shedding import Shedder
 from ponder.service import ChoiceEvent, Outcome, Ponder, StrategyDone
 from ponder.thinking.control import AnswerDelta, Finished, ThinkingDelta
 from ponder.types import CancelToken, Usage
@@ -56,14 +57,21 @@ def create_app(service: Ponder) -> FastAPI:
     metrics = Metrics()
     ledger = Ledger(config.server.ledger_path)
     gates: dict[str, LaneGate] = {}
+    gate_of_engine: dict[int, LaneGate] = {}
+    shedder = Shedder(config.server.shedding, config.thinking.effort_table())
     app.state.service = service
     app.state.metrics = metrics
     app.state.gates = gates
+    app.state.shedder = shedder
 
     def gate_for(lane, backend) -> LaneGate:
-        if lane.name not in gates:
-            gates[lane.name] = LaneGate(serialized=not backend.info.concurrent, queue_size=config.server.queue_size)
-        return gates[lane.name]
+        """One queue per engine: lanes sharing an engine (fast/reasoning on one model) share its queue."""
+        gate = gate_of_engine.get(id(backend))
+        if gate is None:
+            gate = LaneGate(serialized=not backend.info.concurrent, queue_size=config.server.queue_size)
+            gate_of_engine[id(backend)] = gate
+            gates[lane.name] = gate
+        return gate
 
     # -- errors ---------------------------------------------------------------
     @app.exception_handler(PonderError)
@@ -100,6 +108,7 @@ def create_app(service: Ponder) -> FastAPI:
         for name, gate in gates.items():
             metrics.queue_depth.labels(name).set(gate.waiting)
             metrics.in_flight.labels(name).set(gate.in_flight)
+        metrics.thinking_in_flight.set(shedder.thinking_in_flight)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # -- chat completions ---------------------------------------------------------
@@ -113,20 +122,32 @@ def create_app(service: Ponder) -> FastAPI:
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise InvalidRequest(f"malformed JSON body: {exc}") from None
             req = parse_request(body)
-            plan = service.plan(req)
+            plan = await run_in_threadpool(service.plan, req) if service.routing_blocks else service.plan(req)
             lane_label = plan.lane.name
             backend = service.cached_backend(plan.lane) or await run_in_threadpool(service.backend, plan.lane)
             if backend.info.text_completion and backend.info.context_length:
                 await run_in_threadpool(service.preflight, plan)
             gate = gate_for(plan.lane, backend)
-            queue_s = await gate.acquire()
+            plan, reserved = shedder.admit(plan, waiting=sum(g.waiting for g in gate_of_engine.values()))
+            try:
+                queue_s = await gate.acquire()
+            except BaseException:
+                shedder.release(reserved)
+                raise
         except PonderError as exc:
             metrics.requests.labels(lane_label, str(exc.status)).inc()
             raise
+        if plan.degraded:
+            metrics.degraded.labels(lane_label).inc()
         metrics.queue_time.labels(lane_label).observe(queue_s)
         cancel = CancelToken()
         loop = asyncio.get_running_loop()
-        queue = worker.start(loop, lambda: _produce(service, plan, cancel), on_exit=gate.release)
+
+        def on_exit() -> None:
+            gate.release()
+            shedder.release(reserved)
+
+        queue = worker.start(loop, lambda: _produce(service, plan, cancel), on_exit=on_exit)
         run = _Run(service, plan, req, queue, queue_s, cancel, metrics, ledger)
         if req.stream:
             # hold the headers until the engine answers (or fails): a remote

@@ -23,7 +23,8 @@ class Metrics:
         self.in_flight = Gauge("ponder_in_flight_requests", "Requests being generated", ["lane"], registry=r)
         self.queue_depth = Gauge("ponder_queue_depth", "Requests waiting for an engine", ["lane"], registry=r)
         self.cancelled = Counter("ponder_cancelled", "Generations stopped because the client left", ["lane"], registry=r)
-        self.degraded = Counter("ponder_degraded", "Requests admitted with a lowered effort", ["lane"], registry=r)
+        self.degraded = Counter("ponder_degraded", "Requests admitted with a lowered effort (load shedding)", ["lane"], registry=r)
+        self.thinking_in_flight = Gauge("ponder_thinking_tokens_in_flight", "Thinking-token caps of admitted, unfinished requests", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
