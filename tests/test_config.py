@@ -10,8 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_example_config_is_valid():
     c = load_config(ROOT / "ponder.example.yaml")
-    assert c.lane(None).name == "default"
+    assert c.lane(None).name == "reasoning" and c.lane("fast").effort == "none"
     assert c.thinking.efforts["medium"] == 1024
+    assert c.policy == "default" and c.server.shedding.floor == "low"
+
+
+def test_shedding_marks_must_increase():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"server": {"shedding": {"queue_marks": [8, 4]}}})
+    assert "server.shedding" in e.value.message
 
 
 @pytest.mark.parametrize("data, key", [

@@ -242,7 +242,7 @@ def load_jsonl(spec: JsonlSpec, *, limit: int | None, answer_kind: str = "auto",
 ARITH_SMALL = "basic_arithmetic:min_terms=2,max_terms=2,min_digits=1,max_digits=2"
 ARITH_HARDER = "basic_arithmetic:min_terms=3,max_terms=4,min_digits=1,max_digits=2"
 ARITH_EASY = "basic_arithmetic:min_terms=2,max_terms=2,min_digits=1,max_digits=1,operators=+"
-ARITH_HARD = "basic_arithmetic:min_terms=3,max_terms=4,min_digits=2,max_digits=2,operators=+-"
+ARITH_HARD = ARITH_SMALL
 
 
 @dataclass(frozen=True)
@@ -268,9 +268,9 @@ SUITES: dict[str, Suite] = {
         (ARITH_SMALL, ARITH_HARDER, "chain_sum", "leg_counting", "gsm_symbolic"), 20, (0, 64, 256, 1024),
         ("single", "self-consistency", "adaptive-consistency"), (2, 4, 8), "auto"),
     "mixed": Suite(
-        "mixed", "a routing workload: 20 one-digit sums (easy) and 20 three-to-four-term sums and differences of two-digit "
-        "numbers (hard), no thinking vs a 128-token think; for `ponder bench routers` and `ponder tune`",
-        (ARITH_EASY, ARITH_HARD), 20, (0, 128), ("single",), (1,), "number"),
+        "mixed", "a routing workload: 20 one-digit sums (easy) and 20 two-term problems with all four operators "
+        "and up to two digits (harder), no thinking vs a 64-token think; for `ponder bench routers` and `ponder tune`",
+        (ARITH_EASY, ARITH_HARD), 20, (0, 64), ("single",), (1,), "number"),
 }
 
 

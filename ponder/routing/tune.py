@@ -129,9 +129,16 @@ def band_from_key(key: str, lines: dict, config: PonderConfig | None) -> Band:
     return Band(**fields)
 
 
-def tune(dirs: Sequence[str | Path], *, router_name: str = "heuristic", router=None, bands: int = 3,
-         latency_slo_s: float | None = None, min_accuracy: float | None = None,
-         config: PonderConfig | None = None, router_options: dict | None = None) -> RoutingPolicy:
+def tune(dirs: Sequence[str | Path], **kw) -> RoutingPolicy:
+    """A policy from the items of lab runs (see :func:`tune_items`)."""
+    policy = tune_items(load_runs(dirs), **kw)
+    policy.source["runs"] = [str(d) for d in dirs]
+    return policy
+
+
+def tune_items(items: list[RunItem], *, router_name: str = "heuristic", router=None, bands: int = 3,
+               latency_slo_s: float | None = None, min_accuracy: float | None = None,
+               config: PonderConfig | None = None, router_options: dict | None = None) -> RoutingPolicy:
     if bands < 1:
         raise ConfigError("--bands must be >= 1", param="--bands")
     if router is None:
@@ -140,7 +147,6 @@ def tune(dirs: Sequence[str | Path], *, router_name: str = "heuristic", router=N
 
         router = build_router(P(router=router_name, router_options=router_options or {},
                                 bands=[Band(max_score=1.0, lane="x")]), lambda: None)
-    items = load_runs(dirs)
     scores = score_items(items, router)
     order = sorted(range(len(items)), key=lambda i: scores[i])
     bands = min(bands, len(items))
@@ -169,7 +175,7 @@ def tune(dirs: Sequence[str | Path], *, router_name: str = "heuristic", router=N
     if merged[-1].max_score != 1.0:
         merged[-1] = merged[-1].model_copy(update={"max_score": 1.0})
     return RoutingPolicy(router=router_name, router_options=router_options or {}, bands=merged, source={
-        "runs": [str(d) for d in dirs], "items": len(items), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "items": len(items), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "constraints": {"latency_slo_s": latency_slo_s, "min_accuracy": min_accuracy},
         "compute": "cost_usd" if use_cost else "completion_tokens"})
 
