@@ -64,7 +64,7 @@ def tune_cmd(run_dirs, latency_slo, min_accuracy, router, bands, train_path, fas
         m = b.measured or {}
         click.echo(f"band {i}: score <= {b.max_score:.3f} -> {b.label()} {b.params or ''}  "
                    f"[{m.get('config')}: accuracy {m.get('accuracy')}, {m.get('tokens')} tokens, "
-                   f"p95 {m.get('p95_s')} s; {m.get('why')}]")
+                   f"p95 {m.get('p95_s', 0):.2f} s; {m.get('why')}]")
     click.echo(f"wrote {out_path}")
 
 

@@ -58,6 +58,10 @@ def table(ev: dict) -> str:
     for name, r in rows.items():
         lines.append(f"{name:12} {r['apgr']:>6.2f} {f(r['cpt']['0.5']):>9} {f(r['cpt']['0.8']):>9} "
                      f"{f(r['cpt']['0.95']):>9}")
+    gap_items = round((ev["all_strong"]["quality"] - ev["all_fast"]["quality"]) * ev["items"])
+    if 0 < gap_items < 3:
+        lines.append(f"note: all-strong beats all-fast by only {gap_items} item(s); the normalized APGR and CPT "
+                     "are dominated by noise on this set (more items or a harder mix)")
     if ev["all_strong"]["quality"] <= ev["all_fast"]["quality"]:
         lines.append("note: the strong configuration is no better than the fast one on this set; "
                      "APGR and CPT are not meaningful")
