@@ -65,12 +65,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="items (default: the smoke suite's)")
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
-    opts = {k: None for k in ("tasks", "data", "question_field", "answer_field", "id_field", "difficulty_field",
-                              "scorer", "on_bad_line", "config_path", "limit", "seed", "concurrency", "temperature",
-                              "answer_tokens", "answer_kind", "latency_slo", "min_accuracy", "models", "efforts",
-                              "budgets", "strategies", "ns", "params")}
-    opts.update(suite="smoke", limit=args.limit, tasks=())
-    cfg = build_bench_config(opts)
+    cfg = build_bench_config({"suite": "smoke", "limit": args.limit})
     label = model_label(args.model)
     cfg.models = [label]
     backend = LlamaCppBackend(args.model, n_ctx=4096)

@@ -56,12 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     run = Path(args.run)
     if not (run / "results.json").exists() and not (run / "run.json").exists():
-        opts = {k: None for k in ("tasks", "data", "question_field", "answer_field", "id_field", "difficulty_field",
-                                  "scorer", "on_bad_line", "config_path", "seed", "concurrency", "temperature",
-                                  "answer_tokens", "answer_kind", "latency_slo", "min_accuracy", "efforts",
-                                  "budgets", "strategies", "ns", "params")}
-        opts.update(suite="mixed", tasks=(), models=args.model, limit=args.limit)
-        run_bench(build_bench_config(opts), run)
+        run_bench(build_bench_config({"suite": "mixed", "models": args.model, "limit": args.limit}), run)
     items = load_runs([run])
     fast, strong = default_fast_strong(items)
     print(f"{len(items)} items from {run}; fast = {fast}; reasoning = {strong}; 2-fold: tuned on one half, "

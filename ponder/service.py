@@ -241,16 +241,14 @@ class Ponder:
             time_to_answer_s=None if first.time_to_answer_s is None else first.time_to_answer_s + queue_s,
             total_s=time.perf_counter() - t0 + queue_s,
         )
-        if any("cost_usd" in r.extra for r in results):
-            # a cascade priced each attempt at its own lane
-            rest = [r for r in results if "cost_usd" not in r.extra]
-            rest_usage = plan.overhead
-            for r in rest:
-                rest_usage = rest_usage + r.usage
-            cost = sum(r.extra["cost_usd"] for r in results if "cost_usd" in r.extra) + plan.lane.prices.cost(
-                rest_usage.prompt_tokens, rest_usage.completion_tokens, rest_usage.cached_prompt_tokens)
-        else:
-            cost = plan.lane.prices.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
+        # each result at the plan's lane prices, except a cascade's, which priced
+        # each of its attempts at its own lane (``extra["cost_usd"]``)
+        prices = plan.lane.prices
+        cost = prices.cost(plan.overhead.prompt_tokens, plan.overhead.completion_tokens,
+                           plan.overhead.cached_prompt_tokens)
+        for r in results:
+            cost += r.extra["cost_usd"] if "cost_usd" in r.extra else prices.cost(
+                r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.cached_prompt_tokens)
         backend = self._backends.get(plan.lane.name)
         extra = {}
         cascades = [r.extra["cascade"] for r in results if "cascade" in r.extra]

@@ -97,12 +97,13 @@ def bench_cmd(ctx: click.Context, **opts) -> None:
 
 
 def build_bench_config(opts: dict):
+    """A BenchConfig from command-line options; an absent option is an unset flag."""
     from ponder.lab.config import BenchConfig
     from ponder.lab.tasks import parse_number_list, suite
 
     cfg = BenchConfig()
-    if opts["suite"]:
-        s = suite(opts["suite"])
+    if opts.get("suite"):
+        s = suite(opts.get("suite"))
         cfg.suite = s.name
         cfg.tasks = list(s.tasks)
         cfg.limit = s.limit
@@ -110,30 +111,30 @@ def build_bench_config(opts: dict):
         cfg.strategies = list(s.strategies)
         cfg.n = list(s.n)
         cfg.answer_kind = s.answer_kind
-    if opts["tasks"]:
-        cfg.tasks = list(opts["tasks"])
+    if opts.get("tasks"):
+        cfg.tasks = list(opts.get("tasks"))
     for key in ("data", "question_field", "answer_field", "id_field", "difficulty_field", "scorer", "on_bad_line",
                 "config_path", "limit", "seed", "concurrency", "temperature", "answer_tokens", "answer_kind"):
         if opts.get(key) is not None:
             setattr(cfg, key, opts[key])
-    if opts["latency_slo"] is not None:
-        cfg.latency_slo_s = opts["latency_slo"]
-    if opts["min_accuracy"] is not None:
-        cfg.min_accuracy = opts["min_accuracy"]
-    if opts["models"]:
-        cfg.models = _csv(opts["models"]) or []
-    if opts["efforts"]:
-        cfg.efforts, cfg.budgets = _csv(opts["efforts"]), None
-    if opts["budgets"]:
-        cfg.budgets, cfg.efforts = parse_number_list(opts["budgets"], "--budgets"), None
-        if opts["efforts"]:
+    if opts.get("latency_slo") is not None:
+        cfg.latency_slo_s = opts.get("latency_slo")
+    if opts.get("min_accuracy") is not None:
+        cfg.min_accuracy = opts.get("min_accuracy")
+    if opts.get("models"):
+        cfg.models = _csv(opts.get("models")) or []
+    if opts.get("efforts"):
+        cfg.efforts, cfg.budgets = _csv(opts.get("efforts")), None
+    if opts.get("budgets"):
+        cfg.budgets, cfg.efforts = parse_number_list(opts.get("budgets"), "--budgets"), None
+        if opts.get("efforts"):
             raise ConfigError("give --efforts or --budgets, not both", param="--budgets")
-    if opts["strategies"]:
-        cfg.strategies = _csv(opts["strategies"]) or []
-    if opts["ns"]:
-        cfg.n = parse_number_list(opts["ns"], "--n")
-    if opts["params"]:
-        cfg.params = _params(opts["params"])
+    if opts.get("strategies"):
+        cfg.strategies = _csv(opts.get("strategies")) or []
+    if opts.get("ns"):
+        cfg.n = parse_number_list(opts.get("ns"), "--n")
+    if opts.get("params"):
+        cfg.params = _params(opts.get("params"))
     return cfg
 
 

@@ -12,21 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.errors import ConfigError
+from ponder.strategies import COUNT_PARAM
 from ponder.strategies import REGISTRY, build_params, get_strategy
 from ponder.thinking.budget import EFFORT_ORDER
 
-#: the parameter that sets "how many" for each strategy (absent: N does not apply)
-N_PARAM = {
-    "self-consistency": "n",
-    "adaptive-consistency": "n_max",
-    "best-of-n": "n",
-    "weighted-best-of-n": "n",
-    "verify-retry": "k",
-    "refine": "rounds",
-    "beam": "width",
-    "dvts": "subtrees",
-    "mcts": "simulations",
-}
 #: strategies whose samples are independent seeded draws: they share one pool per item
 POOLED = {"single", "self-consistency", "adaptive-consistency", "best-of-n", "weighted-best-of-n"}
 
@@ -99,7 +88,7 @@ class BenchConfig:
             if s not in REGISTRY:
                 raise ConfigError(f"--param names unknown strategy {s!r}", param="--param")
             try:
-                build_params(get_strategy(s), {**raw, **({N_PARAM[s]: 1} if s in N_PARAM else {})}, 1024)
+                build_params(get_strategy(s), {**raw, **({COUNT_PARAM[s]: 1} if s in COUNT_PARAM else {})}, 1024)
             except Exception as exc:
                 raise ConfigError(f"--param for {s}: {exc}", param="--param") from None
         if not self.n or any(k < 1 for k in self.n):
@@ -124,7 +113,7 @@ class BenchConfig:
         return [f"think={b}" for b in (self.budgets if self.budgets is not None else [0])]
 
     def ns_for(self, strategy: str) -> list[int]:
-        return sorted(set(self.n)) if strategy in N_PARAM else [1]
+        return sorted(set(self.n)) if strategy in COUNT_PARAM else [1]
 
     def points(self, model: str) -> list[Point]:
         """Every configuration for one model, largest N first (so a pool is filled in one go)."""
@@ -137,8 +126,8 @@ class BenchConfig:
 
     def strategy_params(self, point: Point) -> dict[str, Any]:
         raw = dict(self.params.get(point.strategy, {}))
-        if point.strategy in N_PARAM:
-            raw[N_PARAM[point.strategy]] = point.n
+        if point.strategy in COUNT_PARAM:
+            raw[COUNT_PARAM[point.strategy]] = point.n
         return raw
 
     def as_dict(self) -> dict:

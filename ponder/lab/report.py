@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ponder.lab.results import fmt
+from ponder.lab.results import compute_of, fmt
 
 TABLE_COLUMNS = ("configuration", "acc", "95% CI", "think", "answer", "samples", "p50 s", "p95 s", "$/query",
                  "$/correct")
@@ -54,7 +54,7 @@ def text_table(results: dict) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,14 +63,23 @@ def _plt():
     return plt
 
 
+def save_figure(fig, ax, path: Path) -> None:
+    """The common finish of every ponder plot: grid, legend, tight layout, written and closed."""
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+
+
 def plot_accuracy_vs_tokens(results: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    cs = {c["key"]: c for c in results["configurations"]}
     for cur in results["curves"]:
         pts = cur["points"]
         xs = [max(p["tokens"], 1.0) for p in pts]
         ys = [p["accuracy"] for p in pts]
-        cs = {c["key"]: c for c in results["configurations"]}
         err = [[p["accuracy"] - cs[p["key"]]["metrics"]["ci95"][0] for p in pts],
                [cs[p["key"]]["metrics"]["ci95"][1] - p["accuracy"] for p in pts]]
         bars = ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, alpha=0.85,
@@ -95,22 +104,17 @@ def plot_accuracy_vs_tokens(results: dict, path: Path) -> None:
     ax.set_ylabel("accuracy (full credit), 95% CI")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Accuracy vs compute (lines: each strategy's best points; circled: knee)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 def plot_pareto(results: dict, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     axis = results["pareto"]["axis"]
     cs = results["configurations"]
     front = results["pareto"]["frontier"]
 
     def x_of(c):
-        m = c["metrics"]
-        return (m["cost_usd"]["per_query"] or 0.0) if axis == "cost_usd" else (m["completion_tokens"]["mean"] or 0.0)
+        return compute_of(c, axis)
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     strategies = sorted({c["strategy"] for c in cs})
@@ -131,11 +135,7 @@ def plot_pareto(results: dict, path: Path) -> None:
     ax.set_ylabel("accuracy (full credit)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Accuracy vs cost")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 # ---------------------------------------------------------------------------

@@ -39,14 +39,14 @@ def tune_cmd(run_dirs, latency_slo, min_accuracy, router, bands, train_path, fas
     """
     from ponder.config import load_config
     from ponder.routing import classifier
-    from ponder.routing.tune import default_fast_strong, load_runs, router_training_set, tune
+    from ponder.routing.tune import default_fast_strong, load_runs, router_training_set, tune_items
 
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise ConfigError("--min-accuracy is a share in [0, 1]", param="--min-accuracy")
     config = load_config(config_path)
     options = {}
+    items = load_runs(run_dirs)
     if train_path:
-        items = load_runs(run_dirs)
         f, s = default_fast_strong(items)
         texts, labels = router_training_set(items, fast_key or f, strong_key or s)
         model = classifier.train(texts, labels)
@@ -56,8 +56,9 @@ def tune_cmd(run_dirs, latency_slo, min_accuracy, router, bands, train_path, fas
                    f"fast {fast_key or f}, strong {strong_key or s}); train accuracy {t['train_accuracy']:.2f}; "
                    f"wrote {train_path}", err=True)
         router, options = "classifier", {"model": str(Path(train_path).resolve())}
-    policy = tune(run_dirs, router_name=router, bands=bands, latency_slo_s=latency_slo, min_accuracy=min_accuracy,
-                  config=config, router_options=options)
+    policy = tune_items(items, router_name=router, bands=bands, latency_slo_s=latency_slo,
+                        min_accuracy=min_accuracy, config=config, router_options=options)
+    policy.source["runs"] = [str(d) for d in run_dirs]
     Path(out_path).write_text("# written by `ponder tune`; serve with: ponder serve --policy "
                               f"{out_path}\n" + policy.to_yaml())
     for i, b in enumerate(policy.bands):
@@ -93,12 +94,7 @@ def routers_cmd(run_dirs, fast_key, strong_key, names, models, limit, out_dir) -
         from ponder.lab.cli import build_bench_config
         from ponder.lab.runner import run_bench
 
-        opts = {k: None for k in ("tasks", "data", "question_field", "answer_field", "id_field", "difficulty_field",
-                                  "scorer", "on_bad_line", "config_path", "seed", "concurrency", "temperature",
-                                  "answer_tokens", "answer_kind", "latency_slo", "min_accuracy", "efforts",
-                                  "budgets", "strategies", "ns", "params")}
-        opts.update(suite="mixed", tasks=(), models=models, limit=limit)
-        cfg = build_bench_config(opts)
+        cfg = build_bench_config({"suite": "mixed", "models": models, "limit": limit})
         run_dir = out / "run"
         run_bench(cfg, run_dir, resume=(run_dir / "run.json").exists())
         run_dirs = (str(run_dir),)

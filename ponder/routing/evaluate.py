@@ -70,11 +70,9 @@ def table(ev: dict) -> str:
 
 
 def plot(ev: dict, path: Path) -> None:
-    import matplotlib
+    from ponder.lab.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.6), dpi=110)
     for name, r in ev["routers"].items():
         xs = [p["strong_share"] for p in r["curve"]]
@@ -87,8 +85,4 @@ def plot(ev: dict, path: Path) -> None:
     ax.set_xlabel("share of requests sent to the reasoning side")
     ax.set_ylabel("accuracy")
     ax.set_title("Router cost-quality curves")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, ax, path)

@@ -21,11 +21,12 @@ from typing import Any, Sequence
 
 from ponder.config import PonderConfig
 from ponder.errors import ConfigError
-from ponder.lab.config import N_PARAM, BenchConfig
+from ponder.lab.config import BenchConfig
 from ponder.lab.metrics import percentile, wilson_interval
 from ponder.lab.results import dedupe
 from ponder.lab.runner import RUN, load_items, read_samples
 from ponder.routing.policy import Band, RoutingPolicy
+from ponder.strategies import COUNT_PARAM
 from ponder.types import Message
 
 
@@ -116,10 +117,10 @@ def lane_for_model(model: str, config: PonderConfig | None) -> str:
     return model
 
 
-def band_from_key(key: str, lines: dict, config: PonderConfig | None) -> Band:
+def band_from_key(key: str, config: PonderConfig | None) -> Band:
     model, budget, strategy, n = key.split("|")
     kind, _, value = budget.partition("=")
-    params = {N_PARAM[strategy]: int(n[2:])} if strategy in N_PARAM else {}
+    params = {COUNT_PARAM[strategy]: int(n[2:])} if strategy in COUNT_PARAM else {}
     fields: dict[str, Any] = {"max_score": 1.0, "lane": lane_for_model(model, config), "strategy": strategy,
                               "params": params}
     if kind == "effort":
@@ -143,10 +144,9 @@ def tune_items(items: list[RunItem], *, router_name: str = "heuristic", router=N
         raise ConfigError("--bands must be >= 1", param="--bands")
     if router is None:
         from ponder.routing import build_router
-        from ponder.routing.policy import RoutingPolicy as P
 
-        router = build_router(P(router=router_name, router_options=router_options or {},
-                                bands=[Band(max_score=1.0, lane="x")]), lambda: None)
+        router = build_router(RoutingPolicy(router=router_name, router_options=router_options or {},
+                                            bands=[Band(max_score=1.0, lane="x")]), lambda: None)
     scores = score_items(items, router)
     order = sorted(range(len(items)), key=lambda i: scores[i])
     bands = min(bands, len(items))
@@ -158,7 +158,7 @@ def tune_items(items: list[RunItem], *, router_name: str = "heuristic", router=N
         members = [items[i] for i in idx]
         cands = {k: f for k in keys if (f := band_figures(members, k)) is not None}
         key, figures, why = choose(cands, latency_slo_s, min_accuracy, use_cost)
-        band = band_from_key(key, members[0].lines, config)
+        band = band_from_key(key, config)
         upper = 1.0 if b == bands - 1 else round(scores[idx[-1]], 6)
         alternatives = {k: {"accuracy": f["accuracy"], "tokens": f["tokens"], "p95_s": f["p95_s"]}
                         for k, f in sorted(cands.items(), key=lambda kv: kv[1]["tokens"])}

@@ -17,6 +17,7 @@ from dataclasses import replace
 from ponder.config import SheddingConfig
 from ponder.errors import Overloaded
 from ponder.policy import Plan
+from ponder.strategies import COUNT_PARAM
 from ponder.thinking.budget import EFFORT_ORDER, EffortTable
 from ponder.types import ThinkingBudget
 
@@ -54,12 +55,9 @@ def degrade_budget(budget: ThinkingBudget, levels: int, table: EffortTable, floo
 
 
 def planned_samples(plan: Plan) -> int:
-    p = plan.strategy_params
-    for name in ("n", "n_max", "k", "width", "subtrees", "simulations"):
-        v = getattr(p, name, None)
-        if isinstance(v, int):
-            return max(1, v)
-    return 1
+    """How many samples the plan's strategy may draw (its count parameter)."""
+    v = getattr(plan.strategy_params, COUNT_PARAM.get(plan.strategy, ""), 1)
+    return max(1, v) if isinstance(v, int) else 1
 
 
 class Shedder:

@@ -20,6 +20,20 @@ REGISTRY: dict[str, Strategy] = {
 }
 
 
+#: the parameter that sets "how many" for each strategy (absent: the strategy draws one sample)
+COUNT_PARAM: dict[str, str] = {
+    "self-consistency": "n",
+    "adaptive-consistency": "n_max",
+    "best-of-n": "n",
+    "weighted-best-of-n": "n",
+    "verify-retry": "k",
+    "refine": "rounds",
+    "beam": "width",
+    "dvts": "subtrees",
+    "mcts": "simulations",
+}
+
+
 def get_strategy(name: str) -> Strategy:
     try:
         return REGISTRY[name]
@@ -47,4 +61,4 @@ def build_params(strategy: Strategy, raw: dict[str, Any], max_samples: int | Non
     return params
 
 
-__all__ = ["REGISTRY", "Sample", "Strategy", "StrategyRequest", "StrategyResult", "build_params", "get_strategy"]
+__all__ = ["COUNT_PARAM", "REGISTRY", "Sample", "Strategy", "StrategyRequest", "StrategyResult", "build_params", "get_strategy"]
