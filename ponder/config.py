@@ -1,40 +1,59 @@
-"""One YAML file configures ponder: lanes, thinking tiers, server settings.
+"""One YAML file configures ponder: lanes, thinking tiers, server, keys, state, ledger.
 
 Every section is a pydantic model with ``extra="forbid"``, so a typo is a
 start-up error that names the key (``lanes.0.prices.inptu_per_1m: unknown
 key``) instead of a silently ignored setting.  Config objects are never
 mutated after loading: per-request settings live on the request.
+
+YAML reads a bare ``off``/``on``/``no``/``yes`` as a boolean; where a key
+takes a word (``policy``, ``effort``), those booleans are read back as the
+words they were meant to be.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ponder.errors import ConfigError
 from ponder.thinking.budget import DEFAULT_EFFORTS, DEFAULT_MAX_BUDGET, EffortTable
-from ponder.thinking.control import LoopGuardSettings
+from ponder.thinking.machine import LoopGuardSettings
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _word(v: Any) -> Any:
+    """YAML 1.1 turns off/on/no/yes into booleans: give the word back."""
+    if v is True:
+        return "on"
+    if v is False:
+        return "off"
+    return v
+
+
 class Prices(_Strict):
-    """US dollars per 1M tokens.  Thinking is billed as output."""
+    """US dollars per 1M tokens.  Thinking is billed as output; tool results as input."""
 
     input_per_1m: float = Field(0.0, ge=0)
     output_per_1m: float = Field(0.0, ge=0)
     cached_input_per_1m: float | None = Field(None, ge=0)
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        cached_price = self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
-        fresh = max(0, prompt_tokens - cached_tokens)
-        return (fresh * self.input_per_1m + cached_tokens * cached_price + completion_tokens * self.output_per_1m) / 1e6
+
+class ToolsConfig(_Strict):
+    """Built-in tools a lane lets the model call inside its thinking."""
+
+    enabled: list[Literal["python", "calculator"]] = Field(default_factory=list)
+    max_calls: int = Field(4, ge=1, le=64)
+    timeout_s: float = Field(10.0, gt=0, le=120)
+    #: tool results longer than this many tokens are cut
+    max_result_tokens: int = Field(256, ge=16, le=8192)
+    cache_ttl_s: float = Field(600.0, ge=0)
 
 
 class LaneConfig(_Strict):
@@ -51,24 +70,47 @@ class LaneConfig(_Strict):
     api_key_env: str | None = None
     #: force native-reasoning handling on/off (default: detect)
     native_reasoning: bool | None = None
-    #: the upstream accepts ``n`` (several samples per call)
-    supports_n: bool = False
     #: extra body fields sent when thinking is off, e.g. for Qwen3 on vLLM:
     #: ``{"chat_template_kwargs": {"enable_thinking": false}}``
     no_think_body: dict = Field(default_factory=dict)
+    #: the upstream accepts ``response_format`` (structured output) as OpenAI defines it
+    response_format: bool = True
+    #: tokens one sequence may hold (the embedded engine's per-request context)
     n_ctx: int = Field(4096, ge=256)
+    #: KV cells shared by all sequences of the embedded engine (default 4 x n_ctx)
+    kv_cells: int | None = Field(None, ge=256)
+    #: sequences the embedded engine decodes together in one step
+    max_sequences: int = Field(16, ge=1, le=240)
+    #: llama.cpp threads (default: all cores but one when there are more than two)
     n_threads: int | None = Field(None, ge=1)
+    flash_attn: bool | None = None
+    #: total deadline per upstream attempt: connect, first byte and the whole stream
     timeout_s: float = Field(120.0, gt=0)
     max_connections: int = Field(64, ge=1)
+    #: retries of the same lane on connection errors before any byte (jittered backoff)
+    retries: int = Field(1, ge=0, le=10)
+    retry_backoff_s: float = Field(0.2, ge=0, le=30)
+    #: lanes tried in order when this one fails before the first byte reaches the client
+    fallbacks: list[str] = Field(default_factory=list)
     effort: str = "medium"
     strategy: str = "single"
+    #: parameters of the lane's strategy
+    params: dict[str, Any] = Field(default_factory=dict)
     answer_tokens: int = Field(512, ge=1)
     prices: Prices = Prices()
+    tools: ToolsConfig = ToolsConfig()
+
+    @field_validator("effort", mode="before")
+    @classmethod
+    def _effort_word(cls, v: Any) -> Any:
+        return "none" if v is False else _word(v)
 
     @model_validator(mode="after")
     def _upstream_needs_url(self) -> "LaneConfig":
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url")
+        if self.kv_cells is not None and self.kv_cells < self.n_ctx:
+            raise ValueError(f"kv_cells ({self.kv_cells}) must be at least n_ctx ({self.n_ctx})")
         return self
 
 
@@ -76,6 +118,13 @@ class ThinkingConfig(_Strict):
     efforts: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_EFFORTS))
     max_budget: int = Field(DEFAULT_MAX_BUDGET, ge=1)
     loop_guard: LoopGuardSettings = LoopGuardSettings()
+
+    @field_validator("efforts", mode="before")
+    @classmethod
+    def _effort_names(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {("none" if k is False else _word(k)): cap for k, cap in v.items()}
+        return v
 
     @field_validator("efforts")
     @classmethod
@@ -87,6 +136,14 @@ class ThinkingConfig(_Strict):
             v = {"none": 0, **v}
         return v
 
+    @model_validator(mode="after")
+    def _caps_within_max(self) -> "ThinkingConfig":
+        try:
+            self.effort_table().validate()
+        except Exception as exc:
+            raise ValueError(getattr(exc, "message", str(exc))) from None
+        return self
+
     def effort_table(self) -> EffortTable:
         return EffortTable(caps=dict(self.efforts), max_budget=self.max_budget)
 
@@ -95,7 +152,7 @@ class SheddingConfig(_Strict):
     """Load shedding by budget: under pressure new requests think less; nobody is cut.
 
     The pressure level is the number of marks reached by the queue depth
-    (requests waiting for any engine) or by the thinking tokens in flight (the
+    (sequences waiting for an engine) or by the thinking tokens in flight (the
     budgets of admitted, unfinished requests); each level lowers a new
     request's effort by one tier (high -> medium -> low), never below
     ``floor``.  Past a hard ceiling the gateway answers 429 with Retry-After.
@@ -121,22 +178,133 @@ class SheddingConfig(_Strict):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    #: requests waiting for a serialized engine beyond this get HTTP 429
-    queue_size: int = Field(32, ge=0)
+    #: sequences waiting for an embedded engine beyond this: new requests get HTTP 429
+    queue_size: int = Field(64, ge=0)
     #: hidden-mode progress chunks are sent at least this often
     progress_interval_s: float = Field(1.0, gt=0, le=2.0)
     #: ceiling on ``n`` and on strategy sample counts per request
     max_samples: int = Field(16, ge=1)
+    #: ceiling on answer tokens a request may ask for
+    max_answer_tokens: int = Field(4096, ge=1)
+    #: a request whose worst case (prompt + samples x (thinking cap + answer)) is above this is refused
+    max_request_tokens: int = Field(2_000_000, ge=1)
+    #: a thinking budget that cannot fit the context: clamped to what fits (reported in
+    #: ``ponder.clamped``) or refused with 400
+    budget_overflow: Literal["clamp", "reject"] = "clamp"
     #: ``thinking.visibility`` when the request does not say
     default_visibility: Literal["hidden", "visible", "summary"] = "visible"
     #: summary mode: summarize every K thinking tokens
     summary_every_tokens: int = Field(128, ge=8)
-    #: the lane whose model writes thinking summaries (default: a separate
-    #: instance of the first lane's model, so it never blocks the generation)
+    #: the lane whose model writes thinking summaries (default: the first lane's engine)
     summary_lane: str | None = None
-    #: append one JSON line per request (usage, cost, timings) to this file
-    ledger_path: str | None = None
+    #: request bodies larger than this get 413 (checked while reading)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(512, ge=1)
+    #: characters per message
+    max_message_chars: int = Field(256_000, ge=1)
+    #: JSON nesting deeper than this is refused before parsing
+    max_json_depth: int = Field(64, ge=4, le=1000)
+    #: default per-request deadline (seconds, covering queueing, strategy and every attempt)
+    deadline_s: float | None = Field(None, gt=0)
+    #: after a deadline cuts thinking, the answer may take this long
+    answer_grace_s: float = Field(2.0, ge=0)
+    #: a streamed response's headers wait this long for the first event, so early failures get a status code
+    first_byte_wait_s: float = Field(0.5, ge=0, le=30)
+    #: on SIGTERM, in-flight requests get this long to finish before they are cancelled (and accounted)
+    drain_s: float = Field(10.0, ge=0)
+    #: one structured line per request at the default log level
+    access_log: bool = True
+    log_format: Literal["text", "json"] = "text"
     shedding: SheddingConfig = SheddingConfig()
+
+
+class KeyLimits(_Strict):
+    """What one API key may do.  Absent: no limit of that kind."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    thinking_tokens_per_day: int | None = Field(None, ge=1)
+    spend_usd_per_month: float | None = Field(None, gt=0)
+    max_concurrent: int | None = Field(None, ge=1)
+    max_thinking_tokens: int | None = Field(None, ge=0)
+    max_samples: int | None = Field(None, ge=1)
+    max_effort: str | None = None
+    lanes: list[str] | None = None
+    #: requests beyond the per-request limits are clamped (and told so) instead of refused
+    clamp: bool = False
+
+    @field_validator("max_effort", mode="before")
+    @classmethod
+    def _effort_word(cls, v: Any) -> Any:
+        return "none" if v is False else _word(v)
+
+
+class KeyConfig(_Strict):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    key_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    limits: KeyLimits = KeyLimits()
+
+
+class AuthConfig(_Strict):
+    required: bool = False
+    keys: list[KeyConfig] = Field(default_factory=list)
+    #: limits of requests without a key when ``required`` is false
+    anonymous: KeyLimits = KeyLimits()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "AuthConfig":
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("key names must be unique")
+        hashes = [k.key_sha256 for k in self.keys]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two keys share one key_sha256")
+        if self.required and not self.keys:
+            raise ValueError("auth.required is true but no keys are configured")
+        return self
+
+
+class StateConfig(_Strict):
+    """Where quotas and reservations live: ``memory://`` (one process) or ``redis://host:port/db`` (shared)."""
+
+    url: str = "memory://"
+    #: a reservation left by a dead replica expires after this
+    lease_s: float = Field(120.0, gt=0)
+    #: when the state store is unreachable: refuse (false, the default) or admit without quotas
+    fail_open: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v.startswith("memory://") or v.startswith("redis://") or v.startswith("rediss://")):
+            raise ValueError("state.url must be memory:// or redis://host:port/db")
+        return v
+
+
+class LedgerConfig(_Strict):
+    """One durable row per request: ``sqlite:///path`` (WAL), ``jsonl:///path``, or ``off``."""
+
+    url: str = "sqlite:///runs/ledger.db"
+    #: rows of running requests are updated at least this often (write-ahead accounting)
+    flush_interval_s: float = Field(1.0, gt=0, le=60)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        v = _word(v)
+        if not isinstance(v, str) or not (v == "off" or v.startswith("sqlite:///") or v.startswith("jsonl:///")):
+            raise ValueError("ledger.url must be sqlite:///PATH, jsonl:///PATH or off")
+        return v
+
+
+class CacheConfig(_Strict):
+    """The answer cache: exact repeats of deterministic requests are answered from the state store."""
+
+    enabled: bool = False
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entries: int = Field(10_000, ge=1)
+    #: also cache requests with temperature > 0 and no seed
+    nondeterministic: bool = False
 
 
 class PonderConfig(_Strict):
@@ -151,6 +319,15 @@ class PonderConfig(_Strict):
     #: routing policy for requests with model "auto": a policy YAML path,
     #: "default" (the shipped policy) or "off" (always the default lane)
     policy: str = "default"
+    auth: AuthConfig = AuthConfig()
+    state: StateConfig = StateConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    cache: CacheConfig = CacheConfig()
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_word(cls, v: Any) -> Any:
+        return _word(v)
 
     @model_validator(mode="after")
     def _lanes_valid(self) -> "PonderConfig":
@@ -164,9 +341,21 @@ class PonderConfig(_Strict):
             raise ValueError(f"default_lane {self.default_lane!r} is not a lane ({names})")
         if self.server.summary_lane is not None and self.server.summary_lane not in names:
             raise ValueError(f"server.summary_lane {self.server.summary_lane!r} is not a lane ({names})")
-        for lane in self.lanes:
+        for i, lane in enumerate(self.lanes):
             if lane.effort not in self.thinking.efforts:
-                raise ValueError(f"lane {lane.name!r}: effort {lane.effort!r} is not in thinking.efforts")
+                raise ValueError(f"lanes.{i}.effort: {lane.effort!r} is not in thinking.efforts "
+                                 f"({', '.join(self.thinking.efforts)})")
+            for j, fb in enumerate(lane.fallbacks):
+                if fb not in names:
+                    raise ValueError(f"lanes.{i}.fallbacks.{j}: {fb!r} is not a lane ({', '.join(names)})")
+                if fb == lane.name:
+                    raise ValueError(f"lanes.{i}.fallbacks.{j}: a lane cannot fall back to itself")
+        for k in self.auth.keys:
+            for ln in k.limits.lanes or []:
+                if ln not in names:
+                    raise ValueError(f"auth key {k.name!r}: lanes names {ln!r}, which is not a lane")
+            if k.limits.max_effort is not None and k.limits.max_effort not in self.thinking.efforts:
+                raise ValueError(f"auth key {k.name!r}: max_effort {k.limits.max_effort!r} is not an effort tier")
         return self
 
     def lane(self, name: str | None) -> LaneConfig:
@@ -183,13 +372,13 @@ def load_config(path: str | os.PathLike | None) -> PonderConfig:
         return PonderConfig()
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p}", param="--config")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{p}: not valid YAML: {exc}", param="--config") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
+        raise ConfigError(f"{p}: the top level must be a mapping", param="--config")
     return config_from_dict(data, source=str(p))
 
 
@@ -199,5 +388,7 @@ def config_from_dict(data: dict, *, source: str = "config") -> PonderConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{source}: {key}: {msg}", param=key) from None
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if key == "(top level)" and ": " in msg and msg.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum():
+            key, msg = msg.split(": ", 1)
+        raise ConfigError(f"{key}: {msg} (in {source})", param=key) from None

@@ -1,13 +1,16 @@
-"""Policy: turn a request into a plan (lane, thinking budget, strategy).
+"""Policy: turn a request into a plan (lane, thinking budget, strategy, limits).
 
 This is the single place where request fields, lane defaults and config
 meet.  The gateway, ``ponder ask`` and the lab all plan through here, so what
 the lab measures is what the gateway serves.  A client's explicit settings
-always win over lane defaults.
+win over lane defaults — within the global caps every request is held to
+(``server.max_samples``, ``server.max_answer_tokens``, ``thinking.max_budget``,
+``server.max_request_tokens``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,7 +18,7 @@ from ponder.api.request import ChatCompletionRequest
 from ponder.backends.models import model_label
 from ponder.config import LaneConfig, PonderConfig
 from ponder.errors import InvalidRequest, ModelNotFound
-from ponder.strategies import build_params, get_strategy
+from ponder.strategies import build_params, count_param, get_strategy
 from ponder.thinking.budget import resolve_budget
 from ponder.types import Message, Sampling, ThinkingBudget, Usage
 
@@ -43,6 +46,37 @@ class Plan:
     degraded: dict | None = None
     #: tokens spent deciding the route (the llm router), counted in the request's usage
     overhead: Usage = field(default_factory=Usage)
+    #: what was clamped to fit a limit: {"field": {"from", "to", "why"}}
+    clamped: dict = field(default_factory=dict)
+    #: the request's own deadline in seconds (None: none)
+    deadline_s: float | None = None
+    #: return per-token log-probabilities of the answer
+    logprobs: bool = False
+    #: the OpenAI response_format (for upstreams that take it as is)
+    response_format: dict | None = None
+    #: built-in tools the model may call inside its thinking
+    tools: tuple[str, ...] = ()
+    #: answer cache mode: use | refresh | off
+    cache: str = "off"
+
+    def samples_per_choice(self) -> int:
+        """How many samples the plan's strategy may draw for one choice."""
+        name = count_param(self.strategy)
+        v = getattr(self.strategy_params, name, 1) if name else 1
+        v = max(1, v) if isinstance(v, int) else 1
+        if self.strategy == "refine":
+            v += 1
+        if self.strategy in ("beam", "dvts"):
+            v *= max(1, getattr(self.strategy_params, "branch", 1))
+        return v
+
+    def worst_case_tokens(self, prompt_tokens: int) -> int:
+        """Prompt plus every sample thinking to its cap and answering in full."""
+        per = self.budget.max_tokens + self.sampling.max_answer_tokens
+        total = prompt_tokens + self.n * self.samples_per_choice() * per
+        if self.escalation is not None:
+            total += self.n * self.escalation.worst_case_tokens(0)
+        return total
 
 
 def is_auto(config: PonderConfig, requested: str | None) -> bool:
@@ -69,11 +103,13 @@ def lane_for(config: PonderConfig, requested: str | None) -> tuple[LaneConfig, s
 
 
 def plan_request(req: ChatCompletionRequest, config: PonderConfig, *, policy: Any = None,
-                 router: Any = None) -> Plan:
+                 router: Any = None, score: Any = None) -> Plan:
     """Route (when the request leaves the lane open and a policy is active), then plan.
 
-    Band settings of the policy fill only what the request leaves open: an
-    explicit ``reasoning_effort`` / ``max_thinking_tokens`` / strategy wins.
+    ``score`` is a router score already computed (the llm router runs on an
+    engine, so the caller awaits it first).  Band settings of the policy
+    fill only what the request leaves open: an explicit
+    ``reasoning_effort`` / ``max_thinking_tokens`` / strategy wins.
     """
     pinned = req.ponder.lane if req.ponder and req.ponder.lane else req.model
     if policy is None or router is None or not is_auto(config, pinned):
@@ -86,7 +122,7 @@ def plan_request(req: ChatCompletionRequest, config: PonderConfig, *, policy: An
                  "reason": f"cascade: {first.label()} first, escalating to {last.label()} when its answer is not trusted"}
         escalation = _plan(req, config, config.lane(policy.lane_name(last, config)), last, route)
         return replace(_plan(req, config, lane, first, route), escalation=escalation)
-    rs = router.score(req.chat())
+    rs = score if score is not None else router.score(req.chat())
     i, band = policy.band_for(rs.score)
     lane = config.lane(policy.lane_name(band, config))
     route = {"router": rs.router, "score": round(rs.score, 4), "band": i, "lane": lane.name,
@@ -97,6 +133,7 @@ def plan_request(req: ChatCompletionRequest, config: PonderConfig, *, policy: An
 
 
 def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, band: Any, route: dict) -> Plan:
+    server = config.server
     effort, cap = req.reasoning_effort, req.max_thinking_tokens
     if band is not None and effort is None and cap is None:
         effort, cap = band.effort, band.budget
@@ -107,15 +144,25 @@ def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, ba
         min_thinking_tokens=req.min_thinking_tokens,
         default_effort=lane.effort,
     )
-    if req.n > config.server.max_samples:
-        raise InvalidRequest(f"n = {req.n} is above the ceiling of {config.server.max_samples}", param="n")
-    answer_tokens = req.max_completion_tokens or req.max_tokens or lane.answer_tokens
+    if req.n > server.max_samples:
+        raise InvalidRequest(f"n = {req.n} is above the ceiling of {server.max_samples}", param="n")
+    clamped: dict = {}
+    asked = req.max_completion_tokens or req.max_tokens
+    answer_tokens = asked or lane.answer_tokens
+    if answer_tokens > server.max_answer_tokens:
+        field_name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        clamped[field_name] = {"from": answer_tokens, "to": server.max_answer_tokens,
+                               "why": "server.max_answer_tokens"}
+        answer_tokens = server.max_answer_tokens
+    grammar, response_format = _structured(req, lane)
     sampling = Sampling(
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
         seed=req.seed,
         stop=req.stops(),
         max_answer_tokens=answer_tokens,
+        top_logprobs=req.top_logprobs or 0,
+        grammar=grammar,
     )
     client_strategy = req.ponder.strategy if req.ponder and req.ponder.strategy else None
     raw_params = dict(req.ponder.params) if req.ponder else {}
@@ -126,10 +173,24 @@ def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, ba
         raw_params = {**band.params, **raw_params}
     else:
         strategy_name = lane.strategy
+        raw_params = {**lane.params, **raw_params}
     strategy = get_strategy(strategy_name)
-    params = build_params(strategy, raw_params, config.server.max_samples)
-    visibility = (req.thinking.visibility if req.thinking and req.thinking.visibility else None) or config.server.default_visibility
-    return Plan(
+    params = build_params(strategy, raw_params, server.max_samples)
+    if strategy.info.needs_text and lane.backend != "llama_cpp":
+        raise InvalidRequest(f"strategy {strategy_name!r} needs the embedded engine (a chat API cannot resume a "
+                             f"half-written thought); lane {lane.name!r} is an upstream", param="ponder.strategy")
+    visibility = (req.thinking.visibility if req.thinking and req.thinking.visibility else None) \
+        or server.default_visibility
+    if req.tools:
+        raise InvalidRequest("client tools (tools / tool_choice) are not supported on this gateway yet",
+                             param="tools", code="unsupported_parameter")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise InvalidRequest("tool_choice needs tools, which this gateway does not support yet", param="tool_choice",
+                             code="unsupported_parameter")
+    built_in = tuple(req.ponder.tools) if req.ponder and req.ponder.tools is not None else tuple(lane.tools.enabled)
+    cache = (req.ponder.cache if req.ponder and req.ponder.cache else None) or ("use" if config.cache.enabled
+                                                                                 else "off")
+    plan = Plan(
         lane=lane,
         messages=tuple(req.chat()),
         budget=budget,
@@ -139,4 +200,40 @@ def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, ba
         visibility=visibility,
         n=req.n,
         route=route,
+        clamped=clamped,
+        deadline_s=(req.ponder.deadline_s if req.ponder and req.ponder.deadline_s else None) or server.deadline_s,
+        logprobs=bool(req.logprobs),
+        response_format=response_format,
+        tools=built_in,
+        cache=cache,
     )
+    estimate = sum(len(m.content) for m in plan.messages) // 4
+    worst = plan.worst_case_tokens(estimate)
+    if worst > server.max_request_tokens:
+        raise InvalidRequest(
+            f"this request could spend up to {worst:,} tokens ({plan.n} choice(s) x "
+            f"{plan.samples_per_choice()} sample(s) x ({budget.max_tokens} thinking + {answer_tokens} answer) "
+            f"+ prompt); the limit is {server.max_request_tokens:,} (server.max_request_tokens)",
+            param="max_thinking_tokens", code="request_too_expensive")
+    return plan
+
+
+def _structured(req: ChatCompletionRequest, lane: LaneConfig) -> tuple[str | None, dict | None]:
+    """(grammar for the embedded engine, response_format for an upstream) of a structured-output request."""
+    rf = req.response_format
+    if rf is None or rf.type == "text":
+        return None, None
+    if lane.backend == "openai":
+        if not lane.response_format:
+            raise InvalidRequest(f"lane {lane.name!r} cannot produce structured output (its upstream takes no "
+                                 "response_format)", param="response_format", code="unsupported_parameter")
+        return None, rf.model_dump(by_alias=True, exclude_none=True)
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if rf.type == "json_object":
+        return JSON_GBNF, None
+    try:
+        return json_schema_to_gbnf(json.dumps(rf.json_schema.schema_)), None
+    except Exception as exc:
+        raise InvalidRequest(f"response_format.json_schema.schema cannot be turned into a grammar: {exc}",
+                             param="response_format.json_schema.schema") from None

@@ -1,60 +1,44 @@
-"""The one flow: request -> policy -> strategy -> backend -> outcome.
+"""The service every entry point holds: engines, policy, ledger, metrics — and runs.
 
-:class:`Ponder` is what the CLI, the gateway and the lab hold.  It owns the
-backends (built lazily, one per lane), plans requests through
-:mod:`ponder.policy`, runs the planned strategy and accounts for every token
-and dollar in an :class:`Outcome`.  It keeps no per-request state.
+:class:`Ponder` owns the backends (built lazily, one per distinct engine
+setting: the built-in fast and reasoning lanes share one engine), plans
+requests through :mod:`ponder.policy`, checks them against the engine's
+context before any work, and starts a :class:`~ponder.run.Run` per request.
+It keeps no per-request state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import threading
-import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from dataclasses import replace
+from typing import Callable
 
 from ponder.api.request import ChatCompletionRequest
-from ponder.backends.base import Backend
+from ponder.backends.base import Backend, SampleSpec
 from ponder.backends.registry import build_backend
 from ponder.config import LaneConfig, PonderConfig
+from ponder.errors import ConfigError, ContextOverflow, PonderError
+from ponder.ledger import Ledger, open_ledger
 from ponder.policy import Plan, plan_request
+from ponder.pricing import price
 from ponder.routing import build_router
 from ponder.routing.policy import RoutingPolicy
-from ponder.strategies import get_strategy
-from ponder.strategies.base import StrategyRequest, StrategyResult
-from ponder.strategies.single import result_of_single
-from ponder.thinking import control
-from ponder.errors import ContextOverflow
-from ponder.types import CancelToken, Message, Sampling, ThinkingBudget, Timings, Usage
+from ponder.run import Run
+from ponder.strategies.base import Meter, Sink, StrategyRequest
+from ponder.strategies.sampling import Counter
+from ponder.types import CancelToken, Deadline, Message, Sampling, ThinkingBudget, Usage
 
 SUMMARY_INSTRUCTION = (
-    "Summarize the reasoning the user gives you in one short sentence, saying what it has worked out so far. "
-    "Do not solve the problem yourself."
+    "You report on someone else's reasoning. In one short sentence of your own words, say what the reasoning "
+    "below has established so far (for example: 'It has added the first two numbers and is checking the "
+    "carry.'). Do not quote it and do not solve the problem."
 )
-
-
-@dataclass
-class Outcome:
-    """Everything a response or a ledger line needs about one request."""
-
-    id: str
-    created: int
-    plan: Plan
-    model: str
-    results: list[StrategyResult]
-    usage: Usage
-    cost_usd: float
-    timings: Timings
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ChoiceEvent:
-    """A streamed controller event tagged with its choice index."""
-
-    index: int
-    event: control.Event
+#: a summary that copies more than this share of its words from the trace (in runs of 5+ words) is rejected
+MAX_COPIED_SHARE = 0.3
+#: room an embedded sequence needs beyond thinking and answer: the cues and the closing of a cut think
+CONTROL_SLACK = 48
 
 
 class Ponder:
@@ -65,6 +49,8 @@ class Ponder:
         backends: dict[str, Backend] | None = None,
         backend_factory: Callable[[LaneConfig], Backend] = build_backend,
         policy: RoutingPolicy | None = None,
+        ledger: Ledger | None = None,
+        metrics=None,
     ) -> None:
         self.config = config
         self._backends: dict[str, Backend] = dict(backends or {})
@@ -74,16 +60,16 @@ class Ponder:
         #: the routing policy for requests that leave the lane open (None: the default lane)
         self.policy = policy
         self.router = None
+        self.ledger = ledger if ledger is not None else open_ledger(config.ledger)
+        self.metrics = metrics
         if policy is not None:
             policy.check_against(config)
             fast = config.lane(policy.lane_name(policy.bands[0], config))
             self.router = build_router(policy, lambda: self.backend(fast))
 
-    # -- backends ----------------------------------------------------------
+    # -- backends ----------------------------------------------------------------------
     def backend(self, lane: LaneConfig) -> Backend:
-        """The lane's engine.  Lanes that differ only in policy (effort, strategy,
-        prices) share one engine: the built-in fast and reasoning lanes load the
-        model once."""
+        """The lane's engine (built on first use; loading a model takes seconds: call off the event loop)."""
         b = self._backends.get(lane.name)
         if b is not None:
             return b
@@ -95,68 +81,135 @@ class Ponder:
                 self._backends[lane.name] = self._engines[key]
             return self._backends[lane.name]
 
+    async def backend_async(self, lane: LaneConfig) -> Backend:
+        return self._backends.get(lane.name) or await asyncio.to_thread(self.backend, lane)
+
     def cached_backend(self, lane: LaneConfig) -> Backend | None:
-        """The lane's backend if it is already built (no thread hop needed)."""
         return self._backends.get(lane.name)
 
+    def backends(self) -> list[Backend]:
+        return list({id(b): b for b in self._backends.values()}.values())
+
+    async def aclose(self) -> None:
+        """Close engines, HTTP clients, the math-verify pool and the ledger (the lifespan hook calls this)."""
+        for b in self.backends():
+            try:
+                await b.aclose()
+            except Exception:  # pragma: no cover - closing must go on
+                pass
+        from ponder.verifiers.equivalence import shutdown_pool
+
+        shutdown_pool()
+        self.ledger.close()
+
     def close(self) -> None:
-        for b in {id(b): b for b in self._backends.values()}.values():
-            b.close()
+        """Synchronous close (CLI)."""
+        asyncio.run(self.aclose())
 
-    def summarizer(self) -> tuple[Backend, LaneConfig]:
-        """The engine that writes thinking summaries.
+    # -- planning ----------------------------------------------------------------------
+    async def plan(self, req: ChatCompletionRequest) -> Plan:
+        score = None
+        if self.policy is not None and self.policy.router == "llm" and self.router is not None:
+            from ponder.policy import is_auto
 
-        A lane named by ``server.summary_lane``, or else a second instance of
-        the first lane's model: it must not share the engine that is busy
-        generating the thinking it summarizes.
-        """
-        name = self.config.server.summary_lane
-        if name is not None:
-            lane = self.config.lane(name)
-            return self.backend(lane), lane
-        lane = self.config.lanes[0]
-        key = "__summarizer__"
-        with self._build_lock:
-            if key not in self._backends:
-                self._backends[key] = self._factory(lane.model_copy(update={"name": key}))
-        return self._backends[key], lane
+            pinned = req.ponder.lane if req.ponder and req.ponder.lane else req.model
+            if is_auto(self.config, pinned):
+                score = await self.router.ascore(req.chat())
+        return plan_request(req, self.config, policy=self.policy, router=self.router, score=score)
 
-    def summarize(self, thinking: str) -> tuple[str, Usage, float]:
-        """A one-sentence summary of a thinking trace: (text, usage, cost)."""
-        backend, lane = self.summarizer()
-        gen = control.run(
-            backend,
-            [Message("system", SUMMARY_INSTRUCTION), Message("user", thinking[-3000:])],
-            ThinkingBudget(0),
-            Sampling(temperature=0.0, max_answer_tokens=48),
-        )
-        usage = gen.usage
-        cost = lane.prices.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_prompt_tokens)
-        return gen.answer.strip().splitlines()[0] if gen.answer.strip() else "", usage, cost
-
-    def preflight(self, plan: Plan) -> None:
-        """Reject prompts that cannot fit the engine's context, before any work."""
-        backend = self.backend(plan.lane)
-        limit = backend.info.context_length
-        if not limit or not backend.info.text_completion:
-            return
-        n = backend.count_tokens(backend.render_chat(plan.messages))
-        if n >= limit:
-            raise ContextOverflow(f"the prompt is {n} tokens; the model's context holds {limit}", param="messages")
-
-    # -- planning ----------------------------------------------------------
-    def plan(self, req: ChatCompletionRequest) -> Plan:
+    def plan_sync(self, req: ChatCompletionRequest) -> Plan:
+        """Plan without an llm router (tests, start-up validation)."""
         return plan_request(req, self.config, policy=self.policy, router=self.router)
 
-    @property
-    def routing_blocks(self) -> bool:
-        """True when planning runs a model (the llm router): call :meth:`plan` off the event loop."""
-        return self.policy is not None and self.policy.router == "llm"
+    def preflight(self, plan: Plan) -> Plan:
+        """Fit the request to the engine's context before any work: clamp the budget or refuse.
 
-    def strategy_request(self, plan: Plan, cancel: CancelToken, *, seed_offset: int = 0) -> StrategyRequest:
+        Counts the prompt with the engine's tokenizer (bounded: a prompt whose
+        characters cannot possibly fit is refused without tokenizing it), then
+        checks prompt + thinking cap + answer tokens against the context.
+        """
+        backend = self._backends.get(plan.lane.name)
+        if backend is None or not backend.info.text_completion or not backend.info.context_length:
+            return plan
+        limit = backend.info.context_length
+        chars = sum(len(m.content) for m in plan.messages)
+        if chars > limit * 64:
+            raise ContextOverflow(f"the prompt is {chars:,} characters, far beyond the model's context of {limit} "
+                                  "tokens", param="messages")
+        n = backend.prompt_tokens(plan.messages, plan.budget)
+        if n >= limit:
+            raise ContextOverflow(f"the prompt is {n} tokens; the model's context holds {limit}", param="messages")
+        plan = self._fit(plan, n, limit)
+        if plan.escalation is not None:
+            esc_backend = self._backends.get(plan.escalation.lane.name)
+            if esc_backend is not None and esc_backend.info.context_length:
+                plan = replace(plan, escalation=self._fit(plan.escalation, n, esc_backend.info.context_length))
+        return plan
+
+    def _fit(self, plan: Plan, prompt: int, limit: int) -> Plan:
+        room = limit - prompt - CONTROL_SLACK
+        think, answer = plan.budget.max_tokens, plan.sampling.max_answer_tokens
+        if think + answer <= room:
+            return plan
+        clamped = dict(plan.clamped)
+        if self.config.server.budget_overflow == "reject" or room < 16:
+            raise ContextOverflow(
+                f"the prompt ({prompt} tokens) + thinking cap ({think}) + answer tokens ({answer}) do not fit the "
+                f"model's context of {limit} tokens", param="max_thinking_tokens")
+        new_answer = min(answer, max(16, room // 4)) if think + 16 > room else answer
+        new_think = max(0, min(think, room - new_answer))
+        if new_think != think:
+            clamped["max_thinking_tokens"] = {"from": think, "to": new_think, "why": "context"}
+        if new_answer != answer:
+            clamped["max_tokens"] = {"from": answer, "to": new_answer, "why": "context"}
+        budget = ThinkingBudget(new_think, min(plan.budget.min_tokens, new_think), plan.budget.effort)
+        return replace(plan, budget=budget, sampling=replace(plan.sampling, max_answer_tokens=new_answer),
+                       clamped=clamped)
+
+    def validate(self) -> None:
+        """Plan every lane at every effort tier, every policy band, and every lane's strategy once, at start-up.
+
+        A misspelled strategy, bad strategy parameters or an effort cap above
+        ``max_budget`` is an error naming the config key, not a 400 blamed on
+        the first client.
+        """
+        from ponder.api.request import parse_request
+
+        probe = [{"role": "user", "content": "probe"}]
+        for i, lane in enumerate(self.config.lanes):
+            try:
+                self.plan_sync(parse_request({"model": lane.name, "messages": probe}))
+            except PonderError as exc:
+                raise ConfigError(f"lanes.{i} ({lane.name}): {exc.message}", param=f"lanes.{i}.{_key(exc)}") from None
+            for effort in self.config.thinking.efforts:
+                try:
+                    self.plan_sync(parse_request({"model": lane.name, "messages": probe, "reasoning_effort": effort}))
+                except PonderError as exc:
+                    raise ConfigError(f"thinking.efforts.{effort}: {exc.message}",
+                                      param=f"thinking.efforts.{effort}") from None
+        if self.policy is not None:
+            from ponder.policy import _plan
+
+            for j, band in enumerate(self.policy.bands):
+                lane = self.config.lane(self.policy.lane_name(band, self.config))
+                try:
+                    _plan(parse_request({"messages": probe}), self.config, lane, band, {})
+                except PonderError as exc:
+                    raise ConfigError(f"policy bands.{j} ({band.label()}): {exc.message}",
+                                      param=f"policy.bands.{j}") from None
+
+    # -- running -----------------------------------------------------------------------
+    def strategy_request(self, plan: Plan, cancel: CancelToken, *, seed_offset: int = 0,
+                         deadline: Deadline | None = None, meter: Meter | None = None,
+                         sink: Sink | None = None) -> StrategyRequest:
         sampling = plan.sampling
         if sampling.seed is not None and seed_offset:
             sampling = sampling.with_seed(sampling.seed + seed_offset)
+        tools = None
+        if plan.tools:
+            from ponder.tools import toolbox_for
+
+            tools = toolbox_for(plan.lane.tools, plan.tools)
         return StrategyRequest(
             messages=plan.messages,
             budget=plan.budget,
@@ -164,118 +217,72 @@ class Ponder:
             cancel=cancel,
             loop_guard=self.config.thinking.loop_guard,
             max_samples=self.config.server.max_samples,
+            deadline=deadline,
+            meter=meter or Meter(),
+            sink=sink,
+            tools=tools,
+            response_format=plan.response_format,
+            counter=Counter(),
         )
 
-    # -- running -----------------------------------------------------------
-    def run(self, plan: Plan, *, cancel: CancelToken | None = None, queue_s: float = 0.0) -> Outcome:
-        """Run a plan to completion (all ``n`` choices)."""
-        cancel = cancel or CancelToken()
-        t0 = time.perf_counter()
-        backend = self.backend(plan.lane)
-        strategy = get_strategy(plan.strategy)
-        results = []
-        for i in range(plan.n):
-            if plan.escalation is not None:
-                results.append(self.run_cascade(plan, cancel, seed_offset=i))
-            else:
-                results.append(strategy.run(self.strategy_request(plan, cancel, seed_offset=i), backend,
-                                            plan.strategy_params))
-            if cancel.cancelled:
-                break
-        return self._outcome(plan, results, t0, queue_s)
+    def run(self, plan: Plan, **kw) -> Run:
+        return Run(self, plan, **kw)
 
-    def run_cascade(self, plan: Plan, cancel: CancelToken, *, seed_offset: int = 0) -> StrategyResult:
-        from ponder.routing.cascade import run_cascade
+    async def ask(self, plan: Plan, **kw):
+        """Run a plan to its outcome (the CLI's and the library's one-call path)."""
+        return await self.run(plan, **kw).execute()
 
-        esc = plan.escalation
-        assert esc is not None and self.policy is not None
-        return run_cascade(self.strategy_request(plan, cancel, seed_offset=seed_offset), self.backend(plan.lane),
-                           self.strategy_request(esc, cancel, seed_offset=seed_offset), self.backend(esc.lane), esc,
-                           self.policy.cascade, plan.lane.prices, esc.lane.prices)
+    # -- summaries ---------------------------------------------------------------------
+    def summarizer_lane(self) -> LaneConfig:
+        name = self.config.server.summary_lane
+        return self.config.lane(name) if name is not None else self.config.lanes[0]
 
-    def stream(self, plan: Plan, *, cancel: CancelToken | None = None) -> Iterator[ChoiceEvent]:
-        """Token events of every choice, in order; each choice ends with Finished.
+    async def summarize(self, thinking: str, *, cancel: CancelToken | None = None,
+                        tokens: int = 0) -> tuple[str, Usage, float]:
+        """A one-sentence summary of a thinking trace: (text, usage, cost).
 
-        Strategies that draw several samples stream their chosen sample when
-        they finish (their events are the final sample's text).
+        Runs on the summary lane's engine next to the generation it
+        summarizes (batched with it on the embedded engine).  A "summary"
+        that copies the trace is not a summary: it is replaced by a progress
+        line, so hidden thinking never leaks through it.
         """
-        cancel = cancel or CancelToken()
-        backend = self.backend(plan.lane)
-        strategy = get_strategy(plan.strategy)
-        for i in range(plan.n):
-            request = self.strategy_request(plan, cancel, seed_offset=i)
-            stream = getattr(strategy, "stream", None)
-            if plan.strategy == "single" and stream is not None and plan.escalation is None:
-                for ev in stream(request, backend, plan.strategy_params):
-                    yield ChoiceEvent(i, ev)
-            else:
-                # multi-sample strategies pick their answer at the end; the
-                # chosen sample is then streamed, followed by the full result
-                # (a cascade decides after its fast attempt: that attempt is short and is
-                # buffered; an escalated answer is the reasoning lane's chosen sample)
-                result = (self.run_cascade(plan, cancel, seed_offset=i) if plan.escalation is not None
-                          else strategy.run(request, backend, plan.strategy_params))
-                chosen = result.chosen
-                if chosen.thinking:
-                    yield ChoiceEvent(i, control.ThinkingDelta(chosen.thinking, chosen.thinking_report.used))
-                if chosen.answer:
-                    yield ChoiceEvent(i, control.AnswerDelta(chosen.answer))
-                yield ChoiceEvent(i, control.Finished(chosen))
-                yield ChoiceEvent(i, StrategyDone(result))  # type: ignore[arg-type]
-            if cancel.cancelled:
-                return
+        lane = self.summarizer_lane()
+        backend = await self.backend_async(lane)
+        spec = SampleSpec((Message("system", SUMMARY_INSTRUCTION), Message("user", thinking[-3000:])),
+                          ThinkingBudget(0), Sampling(temperature=0.0, max_answer_tokens=48),
+                          cancel=(cancel or CancelToken()).child())
+        g = await backend.sample(spec)
+        text = g.answer.strip().splitlines()[0].strip() if g.answer.strip() else ""
+        if not text or copied_share(text, thinking) > MAX_COPIED_SHARE:
+            text = f"Thinking… ({tokens} tokens so far)" if tokens else "Thinking…"
+        return text, g.usage, price(g.usage, lane.prices)
 
-    def finish(self, plan: Plan, finished: list, t0: float, queue_s: float = 0.0) -> Outcome:
-        """Build an Outcome from streamed results (Generations or StrategyResults)."""
-        results = [f if isinstance(f, StrategyResult) else result_of_single(f) for f in finished]
-        return self._outcome(plan, results, t0, queue_s)
 
-    def _outcome(self, plan: Plan, results: list[StrategyResult], t0: float, queue_s: float) -> Outcome:
-        usage = plan.overhead
-        for r in results:
-            usage = usage + r.usage
-        first = results[0].chosen.timings if results else Timings()
-        timings = Timings(
-            queue_s=queue_s,
-            ttft_s=None if first.ttft_s is None else first.ttft_s + queue_s,
-            time_to_answer_s=None if first.time_to_answer_s is None else first.time_to_answer_s + queue_s,
-            total_s=time.perf_counter() - t0 + queue_s,
-        )
-        # each result at the plan's lane prices, except a cascade's, which priced
-        # each of its attempts at its own lane (``extra["cost_usd"]``)
-        prices = plan.lane.prices
-        cost = prices.cost(plan.overhead.prompt_tokens, plan.overhead.completion_tokens,
-                           plan.overhead.cached_prompt_tokens)
-        for r in results:
-            cost += r.extra["cost_usd"] if "cost_usd" in r.extra else prices.cost(
-                r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.cached_prompt_tokens)
-        backend = self._backends.get(plan.lane.name)
-        extra = {}
-        cascades = [r.extra["cascade"] for r in results if "cascade" in r.extra]
-        if cascades:
-            extra["cascade"] = cascades[0] if len(cascades) == 1 else cascades
-        if plan.degraded:
-            extra["degraded"] = plan.degraded
-        return Outcome(
-            id="chatcmpl-" + uuid.uuid4().hex[:24],
-            created=int(time.time()),
-            plan=plan,
-            model=backend.info.model if backend else plan.lane.name,
-            results=results,
-            usage=usage,
-            cost_usd=cost,
-            timings=timings,
-            extra=extra,
-        )
+def copied_share(summary: str, trace: str, n: int = 5) -> float:
+    """Share of the summary's words that sit in a run of ``n``+ consecutive words also found in the trace."""
+    words = re.findall(r"\w+", summary.lower())
+    if len(words) < n:
+        return 0.0
+    trace_words = re.findall(r"\w+", trace.lower())
+    grams = {tuple(trace_words[i:i + n]) for i in range(len(trace_words) - n + 1)}
+    covered = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        if tuple(words[i:i + n]) in grams:
+            for j in range(i, i + n):
+                covered[j] = True
+    return sum(covered) / len(words)
 
 
 def engine_key(lane: LaneConfig) -> str:
-    """What makes two lanes' engines different (not their names, efforts, strategies or prices)."""
-    return repr(sorted(lane.model_dump(exclude={"name", "effort", "strategy", "answer_tokens", "prices"}).items()))
+    """What makes two lanes' engines different (not their names, efforts, strategies, prices or fallbacks)."""
+    return repr(sorted(lane.model_dump(exclude={"name", "effort", "strategy", "params", "answer_tokens", "prices",
+                                                "fallbacks", "retries", "retry_backoff_s", "tools"}).items()))
 
 
-@dataclass(frozen=True)
-class StrategyDone:
-    """Follows the Finished event of a multi-sample strategy with its full result."""
-
-    result: StrategyResult
+def _key(exc: PonderError) -> str:
+    p = exc.param or ""
+    if p.startswith("ponder.params"):
+        return "params" + p.removeprefix("ponder.params")
+    if p == "ponder.strategy":
+        return "strategy"
+    return p or "strategy"

@@ -8,11 +8,20 @@ into another request.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, asdict
+import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
-Role = Literal["system", "user", "assistant", "tool", "developer"]
-StopReason = Literal["end", "budget", "repetition", "none", "cancelled", "length"]
+#: Why thinking ended: the model ended it, the budget cut it, the loop guard
+#: stopped a repetition, thinking was off, the client left, the request's
+#: deadline came, or the sequence filled the model's context.
+StopReason = Literal["end", "budget", "repetition", "none", "cancelled", "deadline", "context"]
+#: How a generation ended.  ``length``: the answer hit its token limit (or the
+#: context); ``deadline``: the request's deadline cut it.
+FinishReason = Literal["stop", "length", "cancelled", "deadline"]
+#: Where the answer a client sees came from: the answer phase, or (when that
+#: was empty or only tags) the last stated result of the thinking.
+AnswerSource = Literal["answer", "thinking", "none"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +43,15 @@ class Sampling:
     stop: tuple[str, ...] = ()
     #: Tokens reserved for the answer after thinking ends (or is cut).
     max_answer_tokens: int = 512
-    logprobs: bool = False
+    #: alternatives recorded per generated token (0: only the sampled token's
+    #: log-probability, which is always recorded where the engine has it)
+    top_logprobs: int = 0
+    #: a GBNF grammar the *answer* must follow (structured output); thinking
+    #: stays free-form
+    grammar: str | None = None
 
     def with_seed(self, seed: int | None) -> "Sampling":
-        return Sampling(**{**asdict(self), "seed": seed, "stop": self.stop})
+        return replace(self, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -60,20 +74,29 @@ class ThinkingBudget:
 
 @dataclass
 class Usage:
-    """Token accounting.  ``completion = thinking + answer``."""
+    """Token accounting.  ``completion = thinking + answer``.
+
+    ``tool_tokens`` are tool results fed back into a sequence: the model
+    reads them, so they are billed as input, never as thinking.
+    """
 
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     thinking_tokens: int = 0
     answer_tokens: int = 0
+    tool_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:
         return self.thinking_tokens + self.answer_tokens
 
     @property
+    def input_tokens(self) -> int:
+        return self.prompt_tokens + self.tool_tokens
+
+    @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+        return self.input_tokens + self.completion_tokens
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(
@@ -81,16 +104,26 @@ class Usage:
             self.cached_prompt_tokens + other.cached_prompt_tokens,
             self.thinking_tokens + other.thinking_tokens,
             self.answer_tokens + other.answer_tokens,
+            self.tool_tokens + other.tool_tokens,
         )
 
     def to_openai(self) -> dict:
         return {
-            "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens": self.input_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_prompt_tokens},
             "completion_tokens_details": {"reasoning_tokens": self.thinking_tokens},
         }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Usage":
+        d = d or {}
+        return cls(**{k: int(d.get(k) or 0) for k in ("prompt_tokens", "cached_prompt_tokens", "thinking_tokens",
+                                                      "answer_tokens", "tool_tokens")})
 
 
 @dataclass
@@ -101,8 +134,6 @@ class ThinkingReport:
     min: int = 0
     used: int = 0
     truncated: bool = False
-    #: why thinking ended: the model ended it, the budget cut it, the loop
-    #: guard stopped a repetition, thinking was off ("none"), or cancelled.
     stopped: StopReason = "none"
     #: how many continuation cues ("Wait") were injected to reach ``min``.
     continuations: int = 0
@@ -123,6 +154,26 @@ class Timings:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, log-probability and (on request) the top alternatives."""
+
+    token: str
+    logprob: float
+    #: ``[(text, logprob), ...]`` best first, when top-k was asked for
+    top: tuple[tuple[str, float], ...] = ()
+    #: "thinking" or "answer"
+    phase: str = "answer"
+
+    def to_openai(self) -> dict:
+        return {
+            "token": self.token,
+            "logprob": self.logprob,
+            "bytes": list(self.token.encode("utf-8")),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))} for t, lp in self.top],
+        }
+
+
 @dataclass
 class Generation:
     """One sample: thinking, answer, accounting."""
@@ -132,45 +183,64 @@ class Generation:
     usage: Usage
     thinking_report: ThinkingReport
     timings: Timings
-    finish_reason: Literal["stop", "length", "cancelled"] = "stop"
-    #: mean log-probability of answer tokens, when the backend gives them
-    answer_logprob: float | None = None
+    finish_reason: FinishReason = "stop"
+    answer_source: AnswerSource = "answer"
+    #: per-token log-probabilities of generated tokens (thinking and answer), where the engine gives them
+    logprobs: list[TokenLogprob] | None = None
+    #: tool calls made inside the thinking (name, arguments, seconds, cached, error)
+    tools: list[dict] = field(default_factory=list)
+    #: the sequence was stopped early by a strategy (low confidence) rather than finishing
+    early_stopped: bool = False
+
+    def answer_logprobs(self) -> list[TokenLogprob]:
+        return [t for t in self.logprobs or [] if t.phase == "answer"]
 
 
 class CancelToken:
-    """Set by whoever wants a generation to stop (a disconnected client)."""
+    """Set by whoever wants a generation to stop (a disconnected client, a strategy)."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: "CancelToken | None" = None) -> None:
         self._event = threading.Event()
+        self._parent = parent
+        self.reason: str = "cancelled"
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "cancelled") -> None:
+        if not self._event.is_set():
+            self.reason = reason
         self._event.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or (self._parent is not None and self._parent.cancelled)
+
+    def why(self) -> str:
+        if self._event.is_set():
+            return self.reason
+        return self._parent.why() if self._parent is not None else self.reason
+
+    def child(self) -> "CancelToken":
+        """A token that fires with this one but can also be fired on its own (one sample of many)."""
+        return CancelToken(self)
 
 
 @dataclass(frozen=True)
-class Piece:
-    """A piece of generated text as a backend streams it.
+class Deadline:
+    """A point on the monotonic clock by which a request must be answered."""
 
-    ``tokens`` is how many model tokens the piece stands for (usually 1).
-    """
+    at: float
 
-    text: str
-    tokens: int = 1
-    logprob: float | None = None
+    @classmethod
+    def after(cls, seconds: float | None) -> "Deadline | None":
+        return None if seconds is None else cls(time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
 
 
-@dataclass
-class CompletionStats:
-    """What a backend reports after one raw completion call."""
-
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
-    #: the stop string that ended the call, if any
-    stopped_by: str | None = None
-    extra: dict = field(default_factory=dict)
+def earliest(*deadlines: "Deadline | None") -> "Deadline | None":
+    ds = [d for d in deadlines if d is not None]
+    return min(ds, key=lambda d: d.at) if ds else None

@@ -41,6 +41,12 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_prices_bill_thinking_as_output():
-    c = config_from_dict({"lanes": [{"name": "a", "prices": {"input_per_1m": 2, "output_per_1m": 8}}]})
-    assert c.lane("a").prices.cost(1000, 500) == pytest.approx((1000 * 2 + 500 * 8) / 1e6)
+def test_prices_bill_thinking_as_output_and_tool_results_as_input():
+    from ponder.pricing import price
+    from ponder.types import Usage
+
+    c = config_from_dict({"lanes": [{"name": "a", "prices": {"input_per_1m": 2, "output_per_1m": 8,
+                                                             "cached_input_per_1m": 1}}]})
+    u = Usage(prompt_tokens=1000, cached_prompt_tokens=400, thinking_tokens=300, answer_tokens=200, tool_tokens=50)
+    # 600 fresh + 50 tool tokens at 2, 400 cached at 1, 500 generated at 8
+    assert price(u, c.lane("a").prices) == pytest.approx((650 * 2 + 400 * 1 + 500 * 8) / 1e6)

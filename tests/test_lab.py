@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import random
+import signal
 import threading
 
 import pytest
@@ -49,12 +52,12 @@ def test_pool_draws_each_index_once_and_smaller_n_use_the_first_draws():
     req = StrategyRequest(messages=(Message("user", "q"),), budget=ThinkingBudget(0), sampling=Sampling(seed=3),
                           answer_kind="number", pool=pool)
     sc = get_strategy("self-consistency")
-    r8 = sc.run(req, backend, build_params(sc, {"n": 8}))
+    r8 = asyncio.run(sc.run(req, backend, build_params(sc, {"n": 8})))
     assert backend.answer_calls["k"] == 8 and pool.fresh_draws == 8
     assert r8.answer == "9"
-    r2 = sc.run(req, backend, build_params(sc, {"n": 2}))
-    r4 = sc.run(req, backend, build_params(sc, {"n": 4}))
-    single = get_strategy("single").run(req, backend, build_params(get_strategy("single"), {}))
+    r2 = asyncio.run(sc.run(req, backend, build_params(sc, {"n": 2})))
+    r4 = asyncio.run(sc.run(req, backend, build_params(sc, {"n": 4})))
+    single = asyncio.run(get_strategy("single").run(req, backend, build_params(get_strategy("single"), {})))
     assert backend.answer_calls["k"] == 8, "smaller N and single must replay the pool, not draw again"
     assert [s.answer for s in r4.samples] == ["7", "9", "7", "9"]
     assert [s.answer for s in r2.samples] == ["7", "9"]
@@ -77,10 +80,11 @@ def test_pool_returns_fresh_sample_wrappers():
             from ponder.verifiers.base import Verdict
             return Verdict(score=0.5, passed=False)
 
-    r = bon.run(StrategyRequest(**{**req.__dict__, "verifier": Half()}), backend,
-                build_params(bon, {"n": 2, "verifier": "task"}))
+    r = asyncio.run(bon.run(StrategyRequest(**{**req.__dict__, "verifier": Half()}), backend,
+                            build_params(bon, {"n": 2, "verifier": "task"})))
     assert all(s.score == 0.5 for s in r.samples)
-    again = get_strategy("self-consistency").run(req, backend, build_params(get_strategy("self-consistency"), {"n": 2}))
+    again = asyncio.run(get_strategy("self-consistency").run(req, backend,
+                                                              build_params(get_strategy("self-consistency"), {"n": 2})))
     assert all(s.score is None for s in again.samples)
 
 
@@ -176,13 +180,10 @@ def test_resume_after_interrupt_skips_finished_configurations(tmp_path):
     out = tmp_path / "run"
     calls = {"n": 0}
 
-    class Boom(Exception):
-        pass
-
     def respond(prompt):
         calls["n"] += 1
         if calls["n"] == 15:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as a user would press it
         return "5"
 
     res = run_bench(data_config(tmp_path), out, backends={"scripted": ScriptedBackend(respond)}, progress=False)

@@ -88,7 +88,10 @@ def policy(**kw):
 
 
 def plan(service, **body):
-    return service.plan(parse_request({"messages": [{"role": "user", "content": body.pop("q", "hi")}], **body}))
+    import asyncio
+
+    return asyncio.run(service.plan(parse_request({"messages": [{"role": "user", "content": body.pop("q", "hi")}],
+                                                   **body})))
 
 
 def test_auto_requests_are_routed_and_explicit_settings_win():
@@ -172,7 +175,10 @@ def test_cascade_escalates_untrusted_answers_and_reports_both_attempts(fast_answ
                backends=cascade_backends(fast_answers))
     p = plan(s, model="auto", q="What is 6 * 7?", temperature=0.7, seed=1)
     assert p.escalation is not None and p.route["router"] == "cascade"
-    out = s.run(p)
+    import asyncio
+
+    out = asyncio.run(s.ask(p))
+    assert out.ok
     attempts = out.extra["cascade"]
     assert (len(attempts) == 2) == escalated
     assert out.results[0].answer == ("42" if escalated else fast_answers[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -42,7 +43,7 @@ def req(**kw):
 
 def run(name, backend, request=None, **params):
     s = get_strategy(name)
-    return s.run(request or req(), backend, build_params(s, params))
+    return asyncio.run(s.run(request or req(), backend, build_params(s, params)))
 
 
 # -- self-consistency --------------------------------------------------------------
@@ -154,7 +155,7 @@ class ScriptedPRM:
     def __init__(self):
         self.calls = 0
 
-    def score_steps(self, question, steps):
+    async def score_steps(self, question, steps):
         self.calls += 1
         return (0.9 if "good" in steps[-1] else 0.1), Usage(prompt_tokens=5)
 
@@ -208,9 +209,12 @@ def test_bad_params_are_clear_errors(name, params, param):
     assert err.value.param == param
 
 
-def test_registry_has_every_strategy():
-    assert set(REGISTRY) == {"single", "self-consistency", "adaptive-consistency", "best-of-n", "weighted-best-of-n",
-                             "refine", "verify-retry", "beam", "mcts", "dvts"}
+def test_registry_has_every_strategy_with_its_metadata():
+    assert {"single", "self-consistency", "adaptive-consistency", "best-of-n", "weighted-best-of-n",
+            "refine", "verify-retry", "beam", "mcts", "dvts"} <= set(REGISTRY)
+    assert REGISTRY["self-consistency"].info.count_param == "n" and REGISTRY["self-consistency"].info.pooled
+    assert REGISTRY["beam"].info.needs_text and not REGISTRY["beam"].info.pooled
+    assert REGISTRY["single"].info.streams_live and not REGISTRY["best-of-n"].info.streams_live
 
 
 # -- voting bookkeeping ----------------------------------------------------------------

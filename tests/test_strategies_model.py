@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import reasoning_gym
 
@@ -28,27 +30,17 @@ def request_for(ds, entry, seed, temperature=0.7):
 
 def solve(name, backend, req, **params):
     s = get_strategy(name)
-    return s.run(req, backend, build_params(s, params))
+    return asyncio.run(s.run(req, backend, build_params(s, params)))
 
 
-def correct(ds, entry, result) -> bool:
-    answer = result.samples[0].answer if result.samples and len(result.samples) == 1 else None
-    for s in result.samples:
-        if s.generation is result.chosen:
-            answer = s.answer
-    return ds.score_answer(answer or "", entry) == 1.0
-
-
-def test_best_of_n_with_task_scorer_at_least_single(tiny_backend, items):
-    single = bon = 0
+def test_best_of_n_with_the_task_scorer_returns_a_correct_sample_whenever_one_exists(tiny_backend, items):
     for i, entry in enumerate(items):
-        r1 = solve("single", tiny_backend, request_for(items, entry, 100 + i))
-        r4 = solve("best-of-n", tiny_backend, request_for(items, entry, 100 + i), n=4, verifier="task")
-        single += correct(items, entry, r1)
-        bon += correct(items, entry, r4)
-        assert r4.n_samples == 4
-        assert r4.usage.thinking_tokens == sum(s.generation.usage.thinking_tokens for s in r4.samples)
-    assert bon >= single
+        r = solve("best-of-n", tiny_backend, request_for(items, entry, 100 + i), n=4, verifier="task")
+        assert r.n_samples == 4
+        assert r.usage.thinking_tokens == sum(s.generation.usage.thinking_tokens for s in r.samples)
+        scores = [s.score for s in r.samples]
+        chosen = next(s for s in r.samples if s.generation is r.chosen)
+        assert chosen.score == max(scores), "best-of-n must return the highest-scored sample"
 
 
 def test_adaptive_stops_before_n_max_when_samples_agree(tiny_backend, items):
@@ -68,5 +60,14 @@ def test_adaptive_stops_before_n_max_when_samples_agree(tiny_backend, items):
 def test_judge_reads_logprobs_on_embedded_engine(tiny_backend):
     from ponder.verifiers.judge import OutcomeJudge, YesNoJudge
 
-    v = OutcomeJudge(YesNoJudge(tiny_backend)).verify("What is 2 + 2?", "4", "4")
+    v = asyncio.run(OutcomeJudge(YesNoJudge(tiny_backend)).averify("What is 2 + 2?", "4", "4"))
     assert 0.0 < v.score < 1.0 and v.usage.prompt_tokens > 10
+    # the score is P(Yes) / (P(Yes) + P(No)) of the next token: read both directly and compare
+    # (a cached prompt sits in other KV cells and is summed in another order, so the floats differ slightly)
+    from ponder.verifiers.judge import outcome_prompt
+
+    prompt = tiny_backend.render_chat(outcome_prompt("What is 2 + 2?", "4"))
+    lp = asyncio.run(tiny_backend.next_token_logprobs(prompt, ["Yes", "No"]))
+    import math
+
+    assert v.score == pytest.approx(math.exp(lp["Yes"]) / (math.exp(lp["Yes"]) + math.exp(lp["No"])), abs=0.05)

@@ -18,11 +18,12 @@ import pytest
 
 from ponder.backends.models import resolve_model
 from ponder.backends.openai_compat import DeltaParser, OpenAICompatBackend, parse_message
-from ponder.errors import BackendError, InvalidRequest, UpstreamTimeout
-from ponder.thinking import control, prompts
+from ponder.errors import BackendError, InvalidRequest, UpstreamTimeout, UpstreamUnreachable
+from ponder.thinking import prompts
 from ponder.types import Message, Sampling, ThinkingBudget
 
 from conftest import free_port
+from helpers import sample
 from replay import Replay
 
 SHAPES = json.loads((Path(__file__).parent / "fixtures" / "upstream_shapes.json").read_text())
@@ -47,7 +48,7 @@ def backend(url, **kw):
 ])
 def test_recorded_shapes_parse(replay, shape, thinking, answer):
     replay.script = [SHAPES[shape]]
-    g = control.run(backend(replay.url), Q, ThinkingBudget(100), Sampling())
+    g = sample(backend(replay.url), Q, ThinkingBudget(100), Sampling())
     assert g.thinking == thinking
     assert g.answer == answer
     assert g.thinking_report.stopped == "end"
@@ -55,7 +56,7 @@ def test_recorded_shapes_parse(replay, shape, thinking, answer):
 
 def test_reported_reasoning_tokens_are_used(replay):
     replay.script = [SHAPES["vllm_reasoning"]]
-    g = control.run(backend(replay.url), Q, ThinkingBudget(100), Sampling())
+    g = sample(backend(replay.url), Q, ThinkingBudget(100), Sampling())
     assert g.usage.thinking_tokens == 7
     assert g.usage.answer_tokens == 2
     assert g.usage.prompt_tokens == 15
@@ -68,7 +69,7 @@ def test_cut_at_cap_then_answer_turn(replay):
     answer = [{"choices": [{"index": 0, "delta": {"content": "19"}, "finish_reason": "stop"}]},
               {"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": 1}}]
     replay.script = [long, answer]
-    g = control.run(backend(replay.url, no_think_body={"chat_template_kwargs": {"enable_thinking": False}}),
+    g = sample(backend(replay.url, no_think_body={"chat_template_kwargs": {"enable_thinking": False}}),
                     Q, ThinkingBudget(10), Sampling())
     assert g.thinking_report.used == 10 and g.thinking_report.truncated
     assert g.answer == "19"
@@ -88,27 +89,32 @@ def test_delta_parser_prefers_reasoning_field_then_content_is_answer():
     assert [(c.kind, c.text) for c in out] == [("thinking", "a"), ("answer", "<think>not a tag here")]
 
 
-def test_upstream_5xx_is_backend_error(replay):
-    replay.script = [(500, {"error": {"message": "engine died"}})]
-    with pytest.raises(BackendError, match="engine died"):
-        control.run(backend(replay.url), Q, ThinkingBudget(0), Sampling())
+def test_upstream_5xx_is_backend_error_without_its_raw_body_or_address(replay, caplog):
+    replay.script = [(500, {"error": {"message": "engine died at /srv/secret"}})]
+    with pytest.raises(BackendError) as err:
+        sample(backend(replay.url), Q, ThinkingBudget(0), Sampling())
+    assert "HTTP 500" in err.value.message
+    assert "secret" not in err.value.message and "127.0.0.1" not in err.value.message
+    assert "engine died" in caplog.text  # the raw reply goes to the log
 
 
-def test_upstream_4xx_is_invalid_request(replay):
+def test_upstream_4xx_is_invalid_request_without_its_raw_body(replay, caplog):
     replay.script = [(400, {"error": {"message": "bad temperature"}})]
-    with pytest.raises(InvalidRequest, match="bad temperature"):
-        control.run(backend(replay.url), Q, ThinkingBudget(0), Sampling())
+    with pytest.raises(InvalidRequest) as err:
+        sample(backend(replay.url), Q, ThinkingBudget(0), Sampling())
+    assert "HTTP 400" in err.value.message and "bad temperature" not in err.value.message
+    assert "bad temperature" in caplog.text
 
 
 def test_upstream_timeout(replay):
     replay.script = [("sleep", 3)]
     with pytest.raises(UpstreamTimeout):
-        control.run(backend(replay.url, timeout_s=0.5), Q, ThinkingBudget(0), Sampling())
+        sample(backend(replay.url, timeout_s=0.5), Q, ThinkingBudget(0), Sampling())
 
 
-def test_refused_connection_is_backend_error():
-    with pytest.raises(BackendError):
-        control.run(backend(f"http://127.0.0.1:{free_port()}/v1"), Q, ThinkingBudget(0), Sampling())
+def test_refused_connection_is_retryable_unreachable():
+    with pytest.raises(UpstreamUnreachable):
+        sample(backend(f"http://127.0.0.1:{free_port()}/v1"), Q, ThinkingBudget(0), Sampling())
 
 
 # -- a real engine: llama-cpp-python's OpenAI server with the tiny model --------
@@ -140,7 +146,7 @@ def llama_server():
 @pytest.mark.model
 def test_real_upstream_answers_within_budget(llama_server):
     b = OpenAICompatBackend(llama_server, "tiny", native_reasoning=False, timeout_s=60)
-    g = control.run(b, Q, ThinkingBudget(16), Sampling(seed=1, max_answer_tokens=24, temperature=0))
+    g = sample(b, Q, ThinkingBudget(16), Sampling(seed=1, max_answer_tokens=24, temperature=0))
     assert g.answer or g.thinking
     assert g.usage.thinking_tokens <= 16
     assert g.usage.prompt_tokens > 0
@@ -149,7 +155,7 @@ def test_real_upstream_answers_within_budget(llama_server):
 @pytest.mark.model
 def test_real_upstream_thinking_off(llama_server):
     b = OpenAICompatBackend(llama_server, "tiny", native_reasoning=False, timeout_s=60)
-    g = control.run(b, Q, ThinkingBudget(0), Sampling(seed=1, max_answer_tokens=16, temperature=0))
+    g = sample(b, Q, ThinkingBudget(0), Sampling(seed=1, max_answer_tokens=16, temperature=0))
     assert g.answer
     assert g.usage.thinking_tokens == 0
     assert 0 < g.usage.answer_tokens <= 16

@@ -34,9 +34,11 @@ def test_reference_and_callable():
 
 
 def test_safe_verify_catches_crash_and_bad_scores():
-    v = safe_verify(CallableVerifier(lambda e, f: 1 / 0), "q", "a", "a")
+    import asyncio
+
+    v = asyncio.run(safe_verify(CallableVerifier(lambda e, f: 1 / 0), "q", "a", "a"))
     assert v.error and "ZeroDivisionError" in v.error
-    assert safe_verify(CallableVerifier(lambda e, f: 3.0), "q", "a", "a").error
+    assert asyncio.run(safe_verify(CallableVerifier(lambda e, f: 3.0), "q", "a", "a")).error
 
 
 def test_task_verifier_counts_only_full_credit():

@@ -2,17 +2,20 @@
 
 ``message.content`` is the answer; ``message.reasoning_content`` carries the
 thinking only when it is visible (the field vLLM, SGLang and DeepSeek clients
-read).  The ``ponder`` object adds what OpenAI has no field for: the lane, the
-thinking report, the cost and the timings.
+read), or its summary in summary mode.  The ``ponder`` object adds what
+OpenAI has no field for: the lane, the thinking report, the cost, the
+timings, what was clamped or degraded, every attempt.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ponder.service import Outcome
 from ponder.strategies.base import StrategyResult
 from ponder.types import Usage
+
+if TYPE_CHECKING:
+    from ponder.run import Outcome
 
 
 def thinking_block(result: StrategyResult) -> dict:
@@ -28,11 +31,11 @@ def thinking_block(result: StrategyResult) -> dict:
     }
 
 
-def ponder_block(outcome: Outcome, *, degraded: dict | None = None) -> dict:
+def ponder_block(outcome: "Outcome") -> dict:
     plan = outcome.plan
     first = outcome.results[0] if outcome.results else None
     block: dict[str, Any] = {
-        "lane": plan.lane.name,
+        "lane": outcome.lane,
         "model": outcome.model,
         "route": plan.route,
         "strategy": plan.strategy,
@@ -42,11 +45,14 @@ def ponder_block(outcome: Outcome, *, degraded: dict | None = None) -> dict:
         "timings": outcome.timings.to_dict(),
         "samples": sum(r.n_samples for r in outcome.results),
     }
-    if first is not None and plan.strategy != "single":
-        block["decision"] = first.decision
-        block["confidence"] = first.confidence
-    if degraded:
-        block["degraded"] = degraded
+    if first is not None:
+        block["answer_source"] = first.chosen.answer_source
+        if plan.strategy != "single":
+            block["decision"] = first.decision
+            block["confidence"] = first.confidence
+        tools = [t for r in outcome.results for t in r.chosen.tools]
+        if tools:
+            block["tools"] = tools
     block.update(outcome.extra)
     return block
 
@@ -55,21 +61,26 @@ def message_of(result: StrategyResult, visibility: str) -> dict:
     msg: dict[str, Any] = {"role": "assistant", "content": result.answer}
     if visibility == "visible" and result.chosen.thinking:
         msg["reasoning_content"] = result.chosen.thinking
+    elif visibility == "summary" and result.extra.get("summary"):
+        msg["reasoning_content"] = result.extra["summary"]
     return msg
 
 
-def completion_body(outcome: Outcome) -> dict:
+def logprobs_of(result: StrategyResult) -> dict | None:
+    lps = result.chosen.answer_logprobs()
+    return {"content": [t.to_openai() for t in lps], "refusal": None}
+
+
+def completion_body(outcome: "Outcome") -> dict:
     """The non-streaming response body (``ponder ask --json`` prints this)."""
     choices = []
     for i, r in enumerate(outcome.results):
-        choices.append(
-            {
-                "index": i,
-                "message": message_of(r, outcome.plan.visibility),
-                "finish_reason": _finish(r.chosen.finish_reason),
-                "logprobs": None,
-            }
-        )
+        choices.append({
+            "index": i,
+            "message": message_of(r, outcome.plan.visibility),
+            "finish_reason": finish_of(r.chosen.finish_reason),
+            "logprobs": logprobs_of(r) if outcome.plan.logprobs else None,
+        })
     return {
         "id": outcome.id,
         "object": "chat.completion",
@@ -81,19 +92,20 @@ def completion_body(outcome: Outcome) -> dict:
     }
 
 
-def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+def finish_of(reason: str) -> str:
+    return "length" if reason in ("length", "deadline") else "stop"
 
 
 def chunk(cid: str, created: int, model: str, *, index: int = 0, delta: dict | None = None,
           finish_reason: str | None = None, usage: Usage | None = None, ponder: dict | None = None,
-          choices: bool = True) -> dict:
+          choices: bool = True, logprobs: dict | None = None) -> dict:
     body: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": index, "delta": delta or {}, "finish_reason": finish_reason, "logprobs": None}] if choices else [],
+        "choices": [{"index": index, "delta": delta or {}, "finish_reason": finish_reason, "logprobs": logprobs}]
+        if choices else [],
     }
     if usage is not None:
         body["usage"] = usage.to_openai()

@@ -1,26 +1,29 @@
 """The one interface every engine implements.
 
-Two ways to drive an engine:
+Strategies never know which engine they run on: they ask a backend for
+samples (:meth:`Backend.sample`, :meth:`Backend.sample_many`), each generated
+under a thinking budget by the per-sequence state machine of
+:mod:`ponder.thinking.machine`, and receive token events while it runs.
 
-* **text continuation** (``stream_text``): the prompt is raw text (the chat
-  template already applied) and generation continues it.  This is what lets
-  ponder enforce thinking budgets to the token: stop at ``</think>``, inject a
-  cue, continue.  The embedded llama.cpp engine supports it, and it reuses the
-  evaluated prefix between calls, so continuing costs only the new tokens.
-* **chat** (``stream_chat``): OpenAI-style messages in, thinking/answer pieces
-  out.  Every backend supports it; it is all a hosted API offers.
+* The embedded llama.cpp engine drives the machine token by token inside its
+  owner thread and decodes every sequence of every request in one batch.
+* OpenAI-compatible upstreams drive the same machine over a streamed chat
+  call on the event loop; N samples are N concurrent streams.
 
-The thinking controller picks text mode when ``info.text_completion`` is true.
+Backends that can continue raw text (``info.text_completion``) also offer
+:meth:`Backend.complete` (step-level search) and next-token log-probabilities
+(model judges).
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-from dataclasses import dataclass
-from typing import ContextManager, Iterator, Literal, Sequence
+import asyncio
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable, Sequence
 
-from ponder.types import CancelToken, CompletionStats, Message, Piece, Sampling
+from ponder.thinking.machine import Event, LoopGuardSettings, Monitor
+from ponder.types import CancelToken, Deadline, Generation, Message, Sampling, ThinkingBudget
 
 
 @dataclass(frozen=True)
@@ -29,96 +32,120 @@ class BackendInfo:
 
     name: str
     model: str
-    #: supports ``stream_text`` (raw continuation of rendered prompts)
+    #: can continue raw text (exact thinking control, step-level search)
     text_completion: bool
     #: the model's template thinks natively in ``<think>`` tags (R1, Qwen3)
     native_reasoning: bool = False
     #: gives per-token log-probabilities
     logprobs: bool = False
-    #: one call can return ``n`` samples sharing the prompt
-    supports_n: bool = False
+    #: tokens one sequence may hold (0: unknown, a remote engine)
     context_length: int = 0
-    #: samples of the same prompt reuse the evaluated prompt state
-    prefix_reuse: bool = False
-    #: calls may run concurrently (remote engines); False means serialized
-    concurrent: bool = False
+    #: sequences decoded together in one step (0: a remote engine, concurrency is its business)
+    max_sequences: int = 0
+    #: can constrain the answer with a grammar (structured output)
+    grammar: bool = False
+    #: passes ``response_format`` through to the engine (upstreams that support it)
+    response_format: bool = False
 
 
 @dataclass(frozen=True)
-class ChatPiece:
-    """A streamed piece of a chat answer, already split by channel."""
+class SampleSpec:
+    """One sample to generate under thinking control."""
 
-    kind: Literal["thinking", "answer"]
+    messages: tuple[Message, ...]
+    budget: ThinkingBudget
+    sampling: Sampling
+    loop_guard: LoopGuardSettings = LoopGuardSettings()
+    cancel: CancelToken = field(default_factory=CancelToken, compare=False)
+    deadline: Deadline | None = None
+    #: hand the model this thinking as if it had thought it, then let it answer (the lab's audit)
+    given_thinking: str | None = None
+    #: built-in tools the model may call inside its thinking (:class:`ponder.tools.ToolBox`)
+    tools: Any = field(default=None, compare=False)
+    #: makes a per-sample monitor that may stop a trace early (confidence-based early termination)
+    monitor: Callable[[], Monitor] | None = field(default=None, compare=False)
+    #: an OpenAI ``response_format`` for upstreams that take it as is
+    response_format: dict | None = None
+
+    def seeded(self, offset: int) -> "SampleSpec":
+        """The same sample with seed + offset (independent draws of one request)."""
+        seed = self.sampling.seed
+        if seed is None or not offset:
+            return self
+        return replace(self, sampling=self.sampling.with_seed(seed + offset))
+
+
+@dataclass
+class Completion:
+    """A raw text continuation (step-level search)."""
+
     text: str
-    tokens: int = 1
-    logprob: float | None = None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    #: the stop string that ended it, if any
+    stopped_by: str | None
+    finish_reason: str
+
+
+#: ``on_event(index, event)``: index of the sample among those drawn together
+EventSink = Callable[[int, Event], None]
 
 
 class Backend(abc.ABC):
-    """An engine.  Implementations must be safe to call from several threads."""
+    """An engine."""
 
     info: BackendInfo
 
-    # -- text mode -------------------------------------------------------
+    @abc.abstractmethod
+    async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:
+        """One sample under ``spec.budget``; events as they happen."""
+
+    async def sample_many(self, spec: SampleSpec, n: int, *, start: int = 0,
+                          on_event: EventSink | None = None) -> list[Generation]:
+        """``n`` independent samples (seeds ``seed + start + i``), drawn together."""
+        async def one(i: int) -> Generation:
+            sink = (lambda e: on_event(i, e)) if on_event is not None else None
+            return await self.sample(spec.seeded(start + i), on_event=sink)
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    async def complete(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str] = (),
+                       cancel: CancelToken | None = None) -> Completion:
+        """Continue raw text ``prompt`` (text-completion engines only)."""
+        raise NotImplementedError(f"{self.info.name} has no text-continuation mode")
+
+    async def next_token_logprobs(self, prompt: str, candidates: Sequence[str]) -> dict[str, float] | None:
+        """Log-probability of each candidate's first token right after raw ``prompt``; None when unsupported."""
+        return None
+
     def render_chat(self, messages: Sequence[Message]) -> str:
         """Apply the model's chat template, ending with the assistant turn open."""
-        raise NotImplementedError(f"{self.info.name} has no text-continuation mode")
+        raise NotImplementedError(f"{self.info.name} has no chat template of its own")
 
-    def stream_text(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int,
-        sampling: Sampling,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        stats: CompletionStats | None = None,
-    ) -> Iterator[Piece]:
-        """Continue ``prompt``; yield pieces; fill ``stats`` when done.
-
-        Generation ends at EOS, at ``max_tokens``, at a stop string (which is
-        not yielded; ``stats.stopped_by`` names it) or when ``cancel`` fires.
-        Closing the iterator early also ends generation.
-        """
-        raise NotImplementedError(f"{self.info.name} has no text-continuation mode")
-
-    # -- chat mode -------------------------------------------------------
-    @abc.abstractmethod
-    def stream_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        sampling: Sampling,
-        thinking: bool,
-        cancel: CancelToken | None = None,
-        stats: CompletionStats | None = None,
-    ) -> Iterator[ChatPiece]:
-        """Stream a chat completion split into thinking and answer pieces.
-
-        ``thinking=False`` asks the engine not to think (where it can).
-        """
-
-    # -- helpers -----------------------------------------------------------
     @abc.abstractmethod
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` costs on this model (exact where the tokenizer is local)."""
 
-    def token_logprobs(self, prompt: str, candidates: Sequence[str]) -> dict[str, float] | None:
-        """Log-probability of each candidate as the next token after ``prompt``.
+    def prompt_tokens(self, messages: Sequence[Message], budget: ThinkingBudget) -> int:
+        """Tokens the prompt of a sample costs (for the context check before any work)."""
+        return sum(self.count_tokens(m.content) + 4 for m in messages)
 
-        Used by model-judged scorers ("yes"/"no").  ``None`` when unsupported.
-        """
-        return None
+    def load(self) -> dict:
+        """Sequences running and waiting (embedded engines); empty for remote ones."""
+        return {}
 
-    def exclusive(self) -> ContextManager:
-        """Hold the engine for a whole multi-call sample.
+    async def aclose(self) -> None:
+        """Release engine resources (the lifespan hook calls this)."""
 
-        Serialized engines return their (re-entrant) lock so no other request
-        runs between the think and answer calls of one sample; concurrent
-        engines return a no-op context.
-        """
-        return contextlib.nullcontext()
 
-    def close(self) -> None:
-        """Release engine resources."""
+async def gather_all(aws: Sequence[Awaitable]) -> list:
+    """``asyncio.gather`` that cancels the siblings when one fails (and waits for them to stop)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,28 +1,29 @@
-"""The embedded engine: llama-cpp-python in-process.
+"""The embedded backend: llama.cpp in this process, scheduled by :class:`~ponder.backends.engine.Engine`.
 
-One ``Llama`` context is not thread-safe, so every use goes through one
-re-entrant lock, and a whole sample (think, continue, answer) holds it via
-:meth:`LlamaCppBackend.exclusive` so no other request can evict its state in
-between.  ``Llama.generate`` keeps the evaluated tokens and re-evaluates only
-what follows the longest common prefix, so N samples of one prompt, or the
-answer phase after a think, pay for the prompt once.
+This module is the asyncio side.  A sample becomes a sequence submitted to
+the engine's owner thread with its own thinking state machine; the owner
+thread posts the machine's events to the request's event loop, and the
+coroutine that awaits them builds the :class:`Generation`.  N samples of one
+request are one submission: their prompt is prefilled once.  Cancelling the
+awaiting coroutine (a client that left) stops the sequence at the next step.
 """
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import os
-import random
-import threading
+import asyncio
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Sequence
 
-from ponder.backends.base import Backend, BackendInfo, ChatPiece
+from ponder.backends.base import Backend, BackendInfo, Completion, EventSink, SampleSpec
+from ponder.backends.engine import Admitted, Done, Engine, Failed, SeqRequest, ToolRequest
 from ponder.backends.models import model_label, resolve_model
-from ponder.errors import BackendError, ContextOverflow
-from ponder.thinking.split import ThinkSplitter, partial_suffix
-from ponder.types import CancelToken, CompletionStats, Message, Piece, Sampling
+from ponder.errors import BackendError
+from ponder.thinking import control
+from ponder.thinking.machine import CompletionMachine, Event
+from ponder.types import CancelToken, Generation, Message, Sampling, ThinkingBudget, Usage
+
+#: room a sequence needs beyond its thinking cap and answer: cues, the closing of a cut think
+_CONTROL_SLACK = 48
 
 
 class LlamaCppBackend(Backend):
@@ -33,186 +34,188 @@ class LlamaCppBackend(Backend):
         model: str | None = None,
         *,
         n_ctx: int = 4096,
+        kv_cells: int | None = None,
+        max_sequences: int = 16,
+        cache_slots: int = 4,
         n_threads: int | None = None,
         n_batch: int = 512,
+        flash_attn: bool | None = None,
         name: str = "embedded",
     ) -> None:
         path = resolve_model(model)
-        try:
-            from llama_cpp import Llama
-            import llama_cpp as _lc
-        except ImportError as exc:  # pragma: no cover - install problem
-            raise BackendError(f"llama-cpp-python is not installed: {exc}") from exc
-        self._lc = _lc
         self.path: Path = path
-        try:
-            self._llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads or max(1, os.cpu_count() or 1),
-                n_batch=n_batch,
-                verbose=False,
-            )
-        except Exception as exc:  # llama.cpp raises ValueError on bad files
-            raise BackendError(f"could not load model {path}: {exc}") from exc
-        self._lock = threading.RLock()
-        meta = self._llm.metadata or {}
+        self.engine = Engine(path, n_ctx=n_ctx, kv_cells=kv_cells, max_sequences=max_sequences,
+                             cache_slots=cache_slots, n_threads=n_threads, n_batch=n_batch, flash_attn=flash_attn)
+        meta = self.engine.metadata or {}
         template = meta.get("tokenizer.chat_template") or _CHATML
-        self._formatter = _make_formatter(self._llm, template)
-        native = "<think>" in template
+        self._formatter = _make_formatter(self.engine, template)
         self.info = BackendInfo(
             name=name,
             model=model_label(model),
             text_completion=True,
-            native_reasoning=native,
+            native_reasoning="<think>" in template,
             logprobs=True,
-            supports_n=False,
-            context_length=self._llm.n_ctx(),
-            prefix_reuse=True,
-            concurrent=False,
+            context_length=n_ctx,
+            max_sequences=max_sequences,
+            grammar=True,
         )
 
-    # ------------------------------------------------------------------
-    def exclusive(self):
-        """Hold the engine for a whole multi-call generation (same thread)."""
-        return self._lock
-
+    # -- text ----------------------------------------------------------------------
     def render_chat(self, messages: Sequence[Message]) -> str:
         return self._formatter(messages)
 
     def count_tokens(self, text: str) -> int:
-        # tokenizing reads only the vocabulary, never the context, so it does
-        # not wait for a running generation
-        return len(self._tokenize(text))
+        return len(self.engine.tokenize(text))
 
-    def _tokenize(self, text: str) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos(text), special=True)
+    def _prompt_ids(self, text: str) -> list[int]:
+        return self.engine.tokenize(text, add_bos=self._add_bos(text))
 
     def _add_bos(self, text: str) -> bool:
         bos = self._formatter.bos_token
         return bool(self._formatter.add_bos) and not (bos and text.startswith(bos))
 
-    # ------------------------------------------------------------------
-    def stream_text(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int,
-        sampling: Sampling,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        stats: CompletionStats | None = None,
-    ) -> Iterator[Piece]:
-        stats = stats if stats is not None else CompletionStats()
-        with self._lock:
-            tokens = self._tokenize(prompt)
-            n_ctx = self._llm.n_ctx()
-            if len(tokens) >= n_ctx:
-                raise ContextOverflow(
-                    f"prompt is {len(tokens)} tokens; the model's context holds {n_ctx}", param="messages"
-                )
-            max_tokens = min(max_tokens, n_ctx - len(tokens))
-            stats.prompt_tokens = len(tokens)
-            stats.cached_prompt_tokens = self._cached_prefix(tokens)
-            stats.finish_reason = "stop"
-            if max_tokens <= 0:
-                stats.finish_reason = "length"
-                return
-            seed = sampling.seed if sampling.seed is not None else random.getrandbits(31)
-            self._llm.set_seed(seed)
-            gen = self._llm.generate(
-                tokens,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                min_p=0.0,
-                temp=max(0.0, sampling.temperature),
-                repeat_penalty=1.0,
-                reset=True,
-            )
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            vocab = self._llm._model.vocab
-            pending = ""
-            n = 0
-            try:
-                for tok in gen:
-                    if self._lc.llama_vocab_is_eog(vocab, tok):
-                        break
-                    n += 1
-                    stats.completion_tokens = n
-                    pending += decoder.decode(self._llm.detokenize([tok]))
-                    hit = _first_stop(pending, stop)
-                    if hit is not None:
-                        idx, s = hit
-                        if idx:
-                            yield Piece(pending[:idx], 1)
-                        stats.stopped_by = s
-                        pending = ""
-                        break
-                    keep = max((partial_suffix(pending, s) for s in stop if s), default=0)
-                    emit = pending[: len(pending) - keep]
-                    pending = pending[len(emit):]
-                    if emit:
-                        yield Piece(emit, 1)
-                    if n >= max_tokens:
-                        stats.finish_reason = "length"
-                        break
-                    if cancel is not None and cancel.cancelled:
-                        stats.finish_reason = "cancelled"
-                        break
-                tail = pending + decoder.decode(b"", final=True)
-                if tail and stats.stopped_by is None:
-                    yield Piece(tail, 0)
-            finally:
-                gen.close()
-                stats.completion_tokens = n
+    def prompt_tokens(self, messages, budget: ThinkingBudget) -> int:
+        return len(self._prompt_ids(control.raw_prompt(self, messages, budget)))
 
-    def _cached_prefix(self, tokens: list[int]) -> int:
-        llm = self._llm
-        have = llm.n_tokens
-        if have <= 0:
-            return 0
-        prev = llm.input_ids[:have]
-        n = 0
-        for a, b in zip(prev, tokens):
-            if a != b:
-                break
-            n += 1
-        # llama.cpp replays the last prompt token to refresh logits
-        return max(0, min(n, len(tokens) - 1))
+    def load(self) -> dict:
+        return self.engine.load()
 
-    def stream_chat(self, messages, *, max_tokens, sampling, thinking, cancel=None, stats=None) -> Iterator[ChatPiece]:
-        """Plain chat without budget control (the controller prefers text mode)."""
-        prompt = self.render_chat(messages)
-        splitter = ThinkSplitter(started_in_thinking=prompt.rstrip().endswith("<think>"))
-        for piece in self.stream_text(prompt, max_tokens=max_tokens, sampling=sampling, cancel=cancel, stats=stats):
-            for kind, text in splitter.feed(piece.text):
-                yield ChatPiece(kind, text, piece.tokens)
-        for kind, text in splitter.flush():
-            yield ChatPiece(kind, text, 0)
+    # -- samples -------------------------------------------------------------------
+    async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:
+        sink = (lambda i, e: on_event(e)) if on_event is not None else None
+        return (await self._draw(spec, [0], sink))[0]
 
-    def token_logprobs(self, prompt: str, candidates: Sequence[str]) -> dict[str, float] | None:
-        """Next-token log-probabilities of each candidate's first token."""
-        import numpy as np
+    async def sample_many(self, spec: SampleSpec, n: int, *, start: int = 0,
+                          on_event: EventSink | None = None) -> list[Generation]:
+        if n <= 0:
+            return []
+        return await self._draw(spec, [start + i for i in range(n)], on_event, relabel=start)
 
-        with self._lock:
-            tokens = self._tokenize(prompt)
-            llm = self._llm
-            cached = self._cached_prefix(tokens)
-            llm.n_tokens = cached
-            llm.eval(tokens[cached:])
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).astype(np.float64)
-            m = logits.max()
-            logz = m + np.log(np.exp(logits - m).sum())
-            out: dict[str, float] = {}
-            for cand in candidates:
-                ids = llm.tokenize(cand.encode("utf-8"), add_bos=False, special=False)
-                out[cand] = float(logits[ids[0]] - logz) if ids else float("-inf")
-            return out
+    async def _draw(self, spec: SampleSpec, offsets: list[int], on_event: EventSink | None,
+                    relabel: int = 0) -> list[Generation]:
+        loop = asyncio.get_running_loop()
+        tools_prompt = spec.tools.prompt() if spec.tools is not None else None
+        prompt = control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking, tools_prompt)
+        ids = self._prompt_ids(prompt)
+        think = 0 if spec.given_thinking is not None else spec.budget.max_tokens
+        max_new = think + spec.sampling.max_answer_tokens + _CONTROL_SLACK
+        if spec.tools is not None:
+            max_new += spec.tools.max_result_tokens * spec.tools.max_calls
+        runs = []
+        for off in offsets:
+            s = spec.seeded(off)
+            q: asyncio.Queue = asyncio.Queue()
+            post = _poster(loop, q)
+            clock = control.Clock()
+            machine = control.new_machine(s, cue_tokens=self.count_tokens, on_event=post)
+            req = SeqRequest(
+                machine, post, temperature=s.sampling.temperature, top_p=s.sampling.top_p, top_k=s.sampling.top_k,
+                seed=s.sampling.seed, top_logprobs=s.sampling.top_logprobs, grammar=s.sampling.grammar,
+                max_new=max_new, cancel=s.cancel.child(), deadline=s.deadline)
+            runs.append((off, q, machine, req, clock))
+        self.engine.submit(ids, [r[3] for r in runs])
+        tasks = [asyncio.ensure_future(self._consume(spec, len(ids), off - relabel, q, m, req, clock, on_event))
+                 for off, q, m, req, clock in runs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for _, _, _, req, _ in runs:
+                req.cancel.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _consume(self, spec: SampleSpec, n_prompt: int, index: int, q: asyncio.Queue, machine, req: SeqRequest,
+                       clock: control.Clock, on_event: EventSink | None) -> Generation:
+        usage = Usage(prompt_tokens=n_prompt)
+        tools: list[dict] = []
+        try:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, Admitted):
+                    clock.queue_s = ev.queue_s
+                    usage.cached_prompt_tokens = ev.cached_tokens
+                elif isinstance(ev, Done):
+                    usage.cached_prompt_tokens = ev.cached_tokens
+                    finish = None
+                    if machine.phase != "done":
+                        finish = {"cancelled": "cancelled", "deadline": "deadline", "error": "stop"}.get(ev.reason)
+                        if finish is None:
+                            finish = "length" if ev.reason == "length" else "stop"
+                    if req.cancel.cancelled and machine.finish is None:
+                        finish = "cancelled"
+                    return control.generation_of(machine, usage, clock, finish=finish, tools=tools)
+                elif isinstance(ev, Failed):
+                    raise ev.error
+                elif isinstance(ev, ToolRequest):
+                    result, record = await spec.tools.call(ev.payload)
+                    tools.append(record)
+                    usage.tool_tokens += self.count_tokens(result)
+                    self.engine.resume(ev.handle, result)
+                else:
+                    clock.saw(ev)
+                    if on_event is not None:
+                        on_event(index, ev)
+        except asyncio.CancelledError:
+            req.cancel.cancel()
+            raise
+
+    async def complete(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str] = (),
+                       cancel: CancelToken | None = None) -> Completion:
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        post = _poster(loop, q)
+        m = CompletionMachine(max_tokens, stop)
+        ids = self._prompt_ids(prompt)
+        req = SeqRequest(m, post, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                         seed=sampling.seed, max_new=max_tokens + 8,
+                         cancel=(cancel or CancelToken()).child())
+        self.engine.submit(ids, [req])
+        cached = 0
+        try:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, Admitted):
+                    cached = ev.cached_tokens
+                elif isinstance(ev, Done):
+                    return Completion(m.out, len(ids), ev.cached_tokens or cached, m.generated, m.stopped_by,
+                                      m.finish or ("cancelled" if ev.reason == "cancelled" else "stop"))
+                elif isinstance(ev, Failed):
+                    raise ev.error
+        except asyncio.CancelledError:
+            req.cancel.cancel()
+            raise
+
+    async def next_token_logprobs(self, prompt: str, candidates: Sequence[str]) -> dict[str, float] | None:
+        ids = {c: self.engine.token_id(c) for c in candidates}
+        want = tuple(sorted({i for i in ids.values() if i is not None}))
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        req = SeqRequest(None, _poster(loop, q), score_ids=want, max_new=1)
+        self.engine.submit(self._prompt_ids(prompt), [req])
+        while True:
+            ev = await q.get()
+            if isinstance(ev, Done):
+                scores = ev.scores or {}
+                return {c: (scores.get(i, float("-inf")) if i is not None else float("-inf")) for c, i in ids.items()}
+            if isinstance(ev, Failed):
+                raise ev.error
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.engine.close)
 
     def close(self) -> None:
-        with self._lock:
-            with contextlib.suppress(Exception):
-                self._llm.close()
+        self.engine.close()
+
+
+def _poster(loop: asyncio.AbstractEventLoop, q: asyncio.Queue):
+    def post(ev: object) -> None:
+        try:
+            loop.call_soon_threadsafe(q.put_nowait, ev)
+        except RuntimeError:  # the loop is gone (shutdown): nobody is waiting any more
+            pass
+    return post
 
 
 _CHATML = (
@@ -232,25 +235,21 @@ class _Formatter:
         self._fmt = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
 
     def __call__(self, messages: Sequence[Message]) -> str:
-        result = self._fmt(messages=[{"role": m.role, "content": m.content} for m in messages])
+        try:
+            result = self._fmt(messages=[{"role": m.role, "content": m.content} for m in messages])
+        except Exception as exc:  # a template that rejects the conversation (e.g. roles out of order)
+            from ponder.errors import InvalidRequest
+
+            raise InvalidRequest(f"the model's chat template rejected the conversation: {exc}",
+                                 param="messages") from None
         return result.prompt
 
 
-def _make_formatter(llm, template: str) -> _Formatter:
-    model = llm._model
-    eos_id, bos_id = llm.token_eos(), llm.token_bos()
+def _make_formatter(engine: Engine, template: str) -> _Formatter:
+    model = engine.model
+    eos_id, bos_id = model.token_eos(), model.token_bos()
     eos = model.token_get_text(eos_id) if eos_id != -1 else ""
     bos = model.token_get_text(bos_id) if bos_id != -1 else ""
-    add_bos = bool(llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true")
+    add_bos = bool(engine.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true")
     return _Formatter(template, bos, eos, add_bos)
 
-
-def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
-    best: tuple[int, str] | None = None
-    for s in stops:
-        if not s:
-            continue
-        i = text.find(s)
-        if i >= 0 and (best is None or i < best[0]):
-            best = (i, s)
-    return best

@@ -1,6 +1,8 @@
 """OpenAI-compatible upstreams: vLLM, SGLang, llama-server, Ollama, hosted APIs.
 
-Thinking arrives in one of three shapes, all handled:
+Calls run on the event loop through one pooled async HTTP client per loop
+(keep-alive), so the gateway's hot path has no thread hop.  Thinking arrives
+in one of three shapes, all handled:
 
 * ``delta.reasoning_content`` / ``message.reasoning_content`` (DeepSeek API,
   SGLang, vLLM before 0.11),
@@ -8,32 +10,55 @@ Thinking arrives in one of three shapes, all handled:
 * ``<think>...</think>`` inline in ``content`` (engines run without a
   reasoning parser).
 
-Token counts come from ``usage`` (``completion_tokens_details.reasoning_tokens``
-when the engine reports it); while streaming, each delta counts as one token,
-which is how these engines stream.  Calls go through one pooled HTTP client
-and may run concurrently.
+Nothing an upstream says is trusted blindly:
+
+* ``timeout_s`` is a total deadline per call (connect, first byte, whole
+  stream); a dripping upstream is cut at it;
+* a streamed call that gets a non-SSE reply, an unparseable chunk, an error
+  event, or ends without a finish reason fails (never a short "success");
+* ``usage`` is checked against ponder's own count and capped at what the
+  call could have produced (a mismatch is logged and ponder's count billed);
+* 429 passes through with its Retry-After; errors name the status, never the
+  upstream's address or raw reply (those go to the log).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import httpx
 
-from ponder.backends.base import Backend, BackendInfo, ChatPiece
-from ponder.errors import BackendError, InvalidRequest, UpstreamTimeout
+from ponder.backends.base import Backend, BackendInfo, SampleSpec
+from ponder.errors import (
+    BackendError,
+    InvalidRequest,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from ponder.thinking import control
+from ponder.thinking.control import ChatPiece, StreamStats
+from ponder.thinking.machine import Event
 from ponder.thinking.split import ThinkSplitter
-from ponder.types import CompletionStats, Message, Sampling
+from ponder.types import Generation, Message, TokenLogprob
+
+log = logging.getLogger("ponder.upstream")
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 _WORDISH = re.compile(r"\w+|[^\w\s]")
+#: an upstream error body is read at most this far (it is logged, never relayed)
+_MAX_ERROR_BODY = 16384
+#: a reported count may exceed ponder's own estimate by this factor (tokenizers differ) before it is distrusted
+_COUNT_SLACK = 4.0
 
 
 def approx_tokens(text: str) -> int:
-    """Rough token count for text an upstream did not count for us."""
+    """Rough token count for text an upstream did not count for us (words and punctuation)."""
     return len(_WORDISH.findall(text))
 
 
@@ -43,28 +68,39 @@ class DeltaParser:
     def __init__(self) -> None:
         self._splitter = ThinkSplitter()
         self.saw_reasoning_field = False
+        #: deltas held back whole (a tag may be forming): their tokens ride on the next piece
+        self._owed = 0
 
-    def feed(self, delta: dict[str, Any]) -> list[ChatPiece]:
+    def feed(self, delta: dict[str, Any], logprob: TokenLogprob | None = None) -> list[ChatPiece]:
         out: list[ChatPiece] = []
         for name in REASONING_FIELDS:
             r = delta.get(name)
-            if r:
+            if r and isinstance(r, str):
                 self.saw_reasoning_field = True
                 out.append(ChatPiece("thinking", r, 1))
                 break
         content = delta.get("content")
-        if content:
+        if content and isinstance(content, str):
             if self.saw_reasoning_field:
                 # the engine separates thinking itself: content is all answer
-                out.append(ChatPiece("answer", content, 1))
+                out.append(ChatPiece("answer", content, 1, logprob))
             else:
                 pieces = self._splitter.feed(content)
                 for i, (kind, text) in enumerate(pieces):
-                    out.append(ChatPiece(kind, text, 1 if i == 0 else 0))
+                    out.append(ChatPiece(kind, text, (1 + self._owed) if i == 0 else 0, logprob if i == 0 else None))
+                if pieces:
+                    self._owed = 0
+                else:
+                    self._owed += 1
         return out
 
     def flush(self) -> list[ChatPiece]:
-        return [ChatPiece(k, t, 0) for k, t in self._splitter.flush()]
+        pieces = self._splitter.flush()
+        out = [ChatPiece(k, t, self._owed if i == 0 else 0) for i, (k, t) in enumerate(pieces)]
+        if not out and self._owed:
+            out = [ChatPiece("thinking" if self._splitter.in_thinking else "answer", "", self._owed)]
+        self._owed = 0
+        return out
 
 
 def parse_message(message: dict[str, Any]) -> tuple[str, str]:
@@ -77,7 +113,7 @@ def parse_message(message: dict[str, Any]) -> tuple[str, str]:
     return split_thinking(message.get("content") or "")
 
 
-class OpenAICompatBackend(Backend):
+class OpenAICompatBackend(Backend, control.ChatEngine):
     def __init__(
         self,
         base_url: str,
@@ -86,25 +122,21 @@ class OpenAICompatBackend(Backend):
         api_key: str | None = None,
         name: str = "upstream",
         native_reasoning: bool = True,
-        supports_n: bool = False,
         timeout_s: float = 120.0,
         max_connections: int = 64,
         no_think_body: dict | None = None,
+        response_format: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.info = BackendInfo(
-            name=name, model=model, text_completion=False, native_reasoning=native_reasoning,
-            logprobs=True, supports_n=supports_n, context_length=0, prefix_reuse=False, concurrent=True,
-        )
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = timeout_s
-        self._client = httpx.Client(
-            base_url=self.base_url, headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self.name = name
+        self.info = BackendInfo(name=name, model=model, text_completion=False, native_reasoning=native_reasoning,
+                                logprobs=True, response_format=response_format)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout_s = timeout_s
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._no_think_body = no_think_body if no_think_body is not None else {}
+        self._clients: dict[int, httpx.AsyncClient] = {}
 
     @classmethod
     def from_lane(cls, lane) -> "OpenAICompatBackend":
@@ -112,123 +144,221 @@ class OpenAICompatBackend(Backend):
         return cls(
             lane.base_url, lane.upstream_model or lane.model or "default", api_key=key, name=lane.name,
             native_reasoning=True if lane.native_reasoning is None else lane.native_reasoning,
-            supports_n=lane.supports_n, timeout_s=lane.timeout_s, max_connections=lane.max_connections,
+            timeout_s=lane.timeout_s, max_connections=lane.max_connections,
             no_think_body=dict(lane.no_think_body),
         )
+
+    def _client(self) -> httpx.AsyncClient:
+        """One pooled client per event loop (the gateway has one; tests and the CLI may make several)."""
+        loop = asyncio.get_running_loop()
+        c = self._clients.get(id(loop))
+        if c is None or c.is_closed:
+            c = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, limits=self._limits,
+                                  timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)))
+            self._clients[id(loop)] = c
+        return c
 
     def count_tokens(self, text: str) -> int:
         return approx_tokens(text)
 
     # ------------------------------------------------------------------
-    def _body(self, messages: Sequence[Message], *, max_tokens: int, sampling: Sampling, thinking: bool,
-              stream: bool, n: int = 1) -> dict:
+    def _body(self, messages: Sequence[Message], *, max_tokens: int, spec: SampleSpec, thinking: bool) -> dict:
+        sampling = spec.sampling
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
-            "stream": stream,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
-        if n != 1:
-            body["n"] = n
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if sampling.stop:
             body["stop"] = list(sampling.stop)
-        if stream:
-            body["stream_options"] = {"include_usage": True}
+        if sampling.top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = sampling.top_logprobs
+        if spec.response_format is not None:
+            body["response_format"] = spec.response_format
         if not thinking:
             body.update(self._no_think_body)
         return body
 
-    def stream_chat(self, messages, *, max_tokens, sampling, thinking, cancel=None, stats=None) -> Iterator[ChatPiece]:
-        stats = stats if stats is not None else CompletionStats()
-        body = self._body(messages, max_tokens=max_tokens, sampling=sampling, thinking=thinking, stream=True)
-        parser = DeltaParser()
+    async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:
+        return await control.chat_sample(self, spec, on_event=on_event)
+
+    async def stream_chat(self, messages, *, max_tokens: int, spec: SampleSpec, thinking: bool, stats: StreamStats,
+                          on_piece: Callable[[ChatPiece], bool]) -> None:
+        body = self._body(messages, max_tokens=max_tokens, spec=spec, thinking=thinking)
+        limit = self.timeout_s
+        if spec.deadline is not None:
+            limit = min(limit, max(0.05, spec.deadline.left() + 0.5))
         try:
-            with self._client.stream("POST", "/chat/completions", json=body) as resp:
+            async with asyncio.timeout(limit):
+                await self._stream(body, stats, on_piece)
+        except TimeoutError:
+            raise UpstreamTimeout(f"the upstream of lane {self.name!r} did not finish within {limit:g}s") from None
+
+    async def _stream(self, body: dict, stats: StreamStats, on_piece: Callable[[ChatPiece], bool]) -> None:
+        parser = DeltaParser()
+        client = self._client()
+        try:
+            async with client.stream("POST", "/chat/completions", json=body) as resp:
                 if resp.status_code >= 400:
-                    resp.read()
-                    raise _http_error(resp)
-                for line in resp.iter_lines():
-                    if cancel is not None and cancel.cancelled:
-                        stats.finish_reason = "cancelled"
-                        return
+                    raise await self._http_error(resp)
+                ctype = resp.headers.get("content-type", "")
+                if "text/event-stream" not in ctype:
+                    raw = (await _read_some(resp))[:500]
+                    log.warning("lane %s: non-SSE reply (%s) to a streamed call: %r", self.name, ctype, raw)
+                    raise BackendError(f"the upstream of lane {self.name!r} sent a non-streaming reply "
+                                       "to a streamed call")
+                done = False
+                async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        done = True
                         break
                     try:
                         obj = json.loads(data)
                     except json.JSONDecodeError:
-                        raise BackendError(f"upstream sent a malformed stream line: {data[:200]!r}") from None
+                        log.warning("lane %s: malformed stream line: %r", self.name, data[:300])
+                        raise BackendError(f"the upstream of lane {self.name!r} sent a malformed stream chunk") \
+                            from None
+                    if not isinstance(obj, dict):
+                        raise BackendError(f"the upstream of lane {self.name!r} sent a malformed stream chunk")
                     if "error" in obj and not obj.get("choices"):
-                        raise BackendError(f"upstream error: {_error_text(obj)}")
-                    if obj.get("usage"):
+                        log.warning("lane %s: error event: %r", self.name, str(obj)[:500])
+                        raise BackendError(f"the upstream of lane {self.name!r} reported an error mid-stream")
+                    if isinstance(obj.get("usage"), dict):
                         _read_usage(obj["usage"], stats)
                     for choice in obj.get("choices") or []:
+                        if not isinstance(choice, dict):
+                            continue
                         if choice.get("finish_reason"):
-                            stats.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
-                        yield from parser.feed(choice.get("delta") or {})
-                yield from parser.flush()
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"upstream {self.base_url} did not answer within {self._timeout:g}s ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise BackendError(f"upstream {self.base_url} failed: {type(exc).__name__}: {exc}") from None
-
-    def chat(self, messages, *, max_tokens, sampling, thinking, n: int = 1) -> tuple[list[tuple[str, str, str]], CompletionStats]:
-        """Non-streamed call; returns ``[(thinking, answer, finish_reason)]`` per choice."""
-        stats = CompletionStats()
-        body = self._body(messages, max_tokens=max_tokens, sampling=sampling, thinking=thinking, stream=False, n=n)
-        try:
-            resp = self._client.post("/chat/completions", json=body)
+                            stats.finish_reason = str(choice["finish_reason"])
+                        lp = _logprob_of(choice.get("logprobs"))
+                        for piece in parser.feed(choice.get("delta") or {}, lp):
+                            if not on_piece(piece):
+                                return  # leaving the block closes the connection: the upstream stops
+                if stats.finish_reason is None:
+                    raise BackendError(f"the upstream stream of lane {self.name!r} ended without a finish reason"
+                                       + ("" if done else " (cut short)"))
+                for piece in parser.flush():
+                    if not on_piece(piece):
+                        return
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            log.warning("lane %s: cannot connect to %s: %s", self.name, self.base_url, exc)
+            raise UpstreamUnreachable(f"the upstream of lane {self.name!r} is unreachable") from None
+        except httpx.RemoteProtocolError as exc:
+            log.warning("lane %s: protocol error: %s", self.name, exc)
+            if stats.finish_reason is None:
+                raise BackendError(f"the upstream stream of lane {self.name!r} was cut off") from None
+        except httpx.ReadError as exc:
+            log.warning("lane %s: read error: %s", self.name, exc)
+            raise BackendError(f"the upstream connection of lane {self.name!r} was reset") from None
         except httpx.TimeoutException:
-            raise UpstreamTimeout(f"upstream {self.base_url} did not answer within {self._timeout:g}s") from None
+            raise UpstreamTimeout(f"the upstream of lane {self.name!r} did not answer within {self.timeout_s:g}s") \
+                from None
         except httpx.HTTPError as exc:
-            raise BackendError(f"upstream {self.base_url} failed: {type(exc).__name__}: {exc}") from None
-        if resp.status_code >= 400:
-            raise _http_error(resp)
-        obj = resp.json()
-        if obj.get("usage"):
-            _read_usage(obj["usage"], stats)
-        out = []
-        for choice in obj.get("choices") or []:
-            t, a = parse_message(choice.get("message") or {})
-            out.append((t, a, choice.get("finish_reason") or "stop"))
-        return out, stats
+            log.warning("lane %s: HTTP error: %s: %s", self.name, type(exc).__name__, exc)
+            raise BackendError(f"the upstream of lane {self.name!r} failed ({type(exc).__name__})") from None
 
-    def close(self) -> None:
-        self._client.close()
+    async def _http_error(self, resp: httpx.Response) -> Exception:
+        raw = await _read_some(resp)
+        log.warning("lane %s: upstream answered %s: %r", self.name, resp.status_code, raw[:1000])
+        code = resp.status_code
+        if code == 429:
+            retry = _retry_after(resp.headers.get("retry-after"))
+            return UpstreamRateLimited(f"the upstream of lane {self.name!r} is rate-limiting; retry shortly",
+                                       retry_after_s=retry)
+        if code in (408, 504):
+            return UpstreamTimeout(f"the upstream of lane {self.name!r} timed out (HTTP {code})")
+        if 400 <= code < 500:
+            return InvalidRequest(f"the upstream of lane {self.name!r} rejected the request (HTTP {code})",
+                                  code="upstream_rejected")
+        return BackendError(f"the upstream of lane {self.name!r} failed (HTTP {code})")
+
+    def settle_usage(self, stats: StreamStats, counted_prompt: int, counted_completion: int, *,
+                     ceiling: int) -> tuple[int, int, int]:
+        """Bill what the upstream reports when it is plausible; ponder's own count otherwise."""
+        prompt, completion = counted_prompt, counted_completion
+        if stats.reported:
+            rp, rc = stats.prompt_tokens, stats.completion_tokens
+            ok_prompt = 0 <= rp <= counted_prompt * _COUNT_SLACK + 64
+            ok_completion = 0 <= rc <= ceiling + 8 and rc <= max(counted_completion * _COUNT_SLACK + 64, 0)
+            if ok_prompt:
+                prompt = rp
+            if ok_completion:
+                completion = rc
+            if not (ok_prompt and ok_completion):
+                log.warning("lane %s: implausible upstream usage (prompt %s, completion %s) against ponder's "
+                            "count (prompt %s, completion %s, ceiling %s): billing ponder's count",
+                            self.name, rp, rc, counted_prompt, counted_completion, ceiling)
+                stats.reasoning_tokens = None if not ok_completion else stats.reasoning_tokens
+        completion = min(completion, ceiling)
+        cached = min(max(0, stats.cached_prompt_tokens), prompt)
+        return prompt, cached, completion
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            try:
+                await c.aclose()
+            except RuntimeError:  # bound to a loop that is already closed
+                pass
 
 
-def _read_usage(usage: dict, stats: CompletionStats) -> None:
-    stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    stats.completion_tokens = int(usage.get("completion_tokens") or 0)
-    details = usage.get("completion_tokens_details") or {}
-    if details.get("reasoning_tokens") is not None:
-        stats.extra["reasoning_tokens"] = int(details["reasoning_tokens"])
-    pdetails = usage.get("prompt_tokens_details") or {}
-    stats.cached_prompt_tokens = int(pdetails.get("cached_tokens") or 0)
-
-
-def _error_text(obj: Any) -> str:
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict):
-            return str(err.get("message") or err)
-        return str(err)
-    return str(obj)
-
-
-def _http_error(resp: httpx.Response) -> Exception:
+async def _read_some(resp: httpx.Response) -> str:
+    got = b""
     try:
-        text = _error_text(resp.json())
+        async for chunk in resp.aiter_bytes():
+            got += chunk
+            if len(got) >= _MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    return got[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(1.0, min(3600.0, float(value))) if value else 1.0
     except ValueError:
-        text = resp.text[:500]
-    if resp.status_code in (408, 504):
-        return UpstreamTimeout(f"upstream timed out ({resp.status_code}): {text}")
-    if 400 <= resp.status_code < 500 and resp.status_code != 429:
-        return InvalidRequest(f"upstream rejected the request ({resp.status_code}): {text}")
-    return BackendError(f"upstream failed ({resp.status_code}): {text}")
+        return 1.0
+
+
+def _logprob_of(lp: Any) -> TokenLogprob | None:
+    """The first token of an OpenAI ``choices[i].logprobs`` object."""
+    if not isinstance(lp, dict):
+        return None
+    content = lp.get("content")
+    if not content or not isinstance(content, list) or not isinstance(content[0], dict):
+        return None
+    t = content[0]
+    try:
+        top = tuple((str(x.get("token", "")), float(x.get("logprob"))) for x in t.get("top_logprobs") or [])
+        return TokenLogprob(str(t.get("token", "")), float(t.get("logprob")), top)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_usage(usage: dict, stats: StreamStats) -> None:
+    def num(v: Any) -> int:
+        try:
+            return max(0, int(v))
+        except (TypeError, ValueError):
+            return 0
+
+    stats.reported = True
+    stats.prompt_tokens = num(usage.get("prompt_tokens"))
+    stats.completion_tokens = num(usage.get("completion_tokens"))
+    details = usage.get("completion_tokens_details") or {}
+    if isinstance(details, dict) and details.get("reasoning_tokens") is not None:
+        stats.reasoning_tokens = num(details["reasoning_tokens"])
+    pdetails = usage.get("prompt_tokens_details") or {}
+    if isinstance(pdetails, dict):
+        stats.cached_prompt_tokens = num(pdetails.get("cached_tokens"))

@@ -24,10 +24,10 @@ from ponder.lab.config import BenchConfig
 from ponder.lab.metrics import wilson_interval
 from ponder.lab.runner import RUN, build_config, load_items, read_samples
 from ponder.lab.tasks import sha256_text
+from ponder.backends.base import SampleSpec
 from ponder.service import Ponder
-from ponder.thinking.control import answer_given_thinking
 from ponder.thinking.extract import extract_answer
-from ponder.types import Message, Sampling
+from ponder.types import Message, Sampling, ThinkingBudget
 from ponder.verifiers.equivalence import normalize_text
 
 PERTURBATIONS = ("delete_step", "corrupt_number", "contradict_step")
@@ -152,6 +152,15 @@ def run_audit(run_dir: Path, *, limit: int = 20, seed: int = 0, backends: dict[s
               "rows": [x.__dict__ for x in rows]}
     (run_dir / "audit.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def answer_given_thinking(backend: Backend, messages: list[Message], thinking: str, sampling: Sampling) -> str:
+    """The answer a model gives after a thinking trace that we supply (as if it had thought it)."""
+    import asyncio
+
+    spec = SampleSpec(tuple(messages), ThinkingBudget(max(1, len(thinking))), sampling, given_thinking=thinking)
+    g = asyncio.run(backend.sample(spec))
+    return g.answer if g.answer_source == "answer" else ""
 
 
 def audit_table(result: dict) -> str:

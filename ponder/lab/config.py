@@ -12,12 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.errors import ConfigError
-from ponder.strategies import COUNT_PARAM
-from ponder.strategies import REGISTRY, build_params, get_strategy
+from ponder.strategies import REGISTRY, build_params, count_param, get_strategy, pooled
 from ponder.thinking.budget import EFFORT_ORDER
-
-#: strategies whose samples are independent seeded draws: they share one pool per item
-POOLED = {"single", "self-consistency", "adaptive-consistency", "best-of-n", "weighted-best-of-n"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,8 @@ class BenchConfig:
     prompt: str = "{question}\nGive only the final answer."
     latency_slo_s: float | None = None
     min_accuracy: float | None = None
+    #: built-in tools swept as a dimension: [] (none) and/or lists like ["python"]
+    tools: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.tasks and not self.data:
@@ -87,8 +85,9 @@ class BenchConfig:
         for s, raw in self.params.items():
             if s not in REGISTRY:
                 raise ConfigError(f"--param names unknown strategy {s!r}", param="--param")
+            cp = count_param(s)
             try:
-                build_params(get_strategy(s), {**raw, **({COUNT_PARAM[s]: 1} if s in COUNT_PARAM else {})}, 1024)
+                build_params(get_strategy(s), {**raw, **({cp: 1} if cp else {})}, 1024)
             except Exception as exc:
                 raise ConfigError(f"--param for {s}: {exc}", param="--param") from None
         if not self.n or any(k < 1 for k in self.n):
@@ -113,7 +112,7 @@ class BenchConfig:
         return [f"think={b}" for b in (self.budgets if self.budgets is not None else [0])]
 
     def ns_for(self, strategy: str) -> list[int]:
-        return sorted(set(self.n)) if strategy in COUNT_PARAM else [1]
+        return sorted(set(self.n)) if count_param(strategy) else [1]
 
     def points(self, model: str) -> list[Point]:
         """Every configuration for one model, largest N first (so a pool is filled in one go)."""
@@ -126,8 +125,9 @@ class BenchConfig:
 
     def strategy_params(self, point: Point) -> dict[str, Any]:
         raw = dict(self.params.get(point.strategy, {}))
-        if point.strategy in COUNT_PARAM:
-            raw[COUNT_PARAM[point.strategy]] = point.n
+        cp = count_param(point.strategy)
+        if cp:
+            raw[cp] = point.n
         return raw
 
     def as_dict(self) -> dict:
@@ -137,3 +137,69 @@ class BenchConfig:
     def from_dict(cls, d: dict) -> "BenchConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def is_pooled(strategy: str) -> bool:
+    """Its samples are independent seeded draws: the lab draws them once per (item, model, budget)."""
+    return strategy in pooled()
+
+
+def build_bench_config(opts: dict) -> BenchConfig:
+    """A BenchConfig from command-line options; an absent option is an unset flag."""
+    from ponder.lab.tasks import parse_number_list, suite
+
+    def csv(value: str | None) -> list[str] | None:
+        if value is None:
+            return None
+        return [v.strip() for v in value.split(",") if v.strip()]
+
+    cfg = BenchConfig()
+    if opts.get("suite"):
+        s = suite(opts.get("suite"))
+        cfg.suite = s.name
+        cfg.tasks = list(s.tasks)
+        cfg.limit = s.limit
+        cfg.budgets = list(s.budgets)
+        cfg.strategies = list(s.strategies)
+        cfg.n = list(s.n)
+        cfg.answer_kind = s.answer_kind
+    if opts.get("tasks"):
+        cfg.tasks = list(opts.get("tasks"))
+    for key in ("data", "question_field", "answer_field", "id_field", "difficulty_field", "scorer", "on_bad_line",
+                "config_path", "limit", "seed", "concurrency", "temperature", "answer_tokens", "answer_kind"):
+        if opts.get(key) is not None:
+            setattr(cfg, key, opts[key])
+    if opts.get("latency_slo") is not None:
+        cfg.latency_slo_s = opts.get("latency_slo")
+    if opts.get("min_accuracy") is not None:
+        cfg.min_accuracy = opts.get("min_accuracy")
+    if opts.get("models"):
+        cfg.models = csv(opts.get("models")) or []
+    if opts.get("efforts") and opts.get("budgets"):
+        raise ConfigError("give --efforts or --budgets, not both", param="--budgets")
+    if opts.get("efforts"):
+        cfg.efforts, cfg.budgets = csv(opts.get("efforts")), None
+    if opts.get("budgets"):
+        cfg.budgets, cfg.efforts = parse_number_list(opts.get("budgets"), "--budgets"), None
+    if opts.get("strategies"):
+        cfg.strategies = csv(opts.get("strategies")) or []
+    if opts.get("ns"):
+        cfg.n = parse_number_list(opts.get("ns"), "--n")
+    if opts.get("params"):
+        cfg.params = parse_strategy_params(opts.get("params"))
+    if opts.get("tools") is not None:
+        cfg.tools = csv(opts.get("tools")) or []
+    return cfg
+
+
+def parse_strategy_params(raw) -> dict[str, dict]:
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in raw:
+        key, eq, value = item.partition("=")
+        strategy, dot, name = key.partition(".")
+        if not eq or not dot or not name:
+            raise ConfigError(f"{item!r} is not STRATEGY.KEY=VALUE (e.g. best-of-n.verifier=task)", param="--param")
+        out.setdefault(strategy, {})[name] = yaml.safe_load(value)
+    return out

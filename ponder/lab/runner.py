@@ -6,19 +6,20 @@ gateway serves; the lab only adds the item's scorer (as the strategy's
 programmatic verifier), the answer kind and a :class:`SamplePool` so
 independent draws are made once per item and shared by every N.
 
-Work is split into units of (model, item).  Each finished configuration is
-appended to ``samples.jsonl`` at once, so an interrupted run loses at most
-the configuration in flight; ``--resume`` skips every (configuration, item)
+Work is split into units of (model, item); ``--concurrency`` units run at
+once, and the embedded engine decodes all their samples in one batch.  Each
+finished configuration is appended to ``samples.jsonl`` at once, so an
+interrupted run (Ctrl-C stops it within seconds) loses at most the
+configurations in flight; ``--resume`` skips every (configuration, item)
 already in the log.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import asyncio
 import json
 import shlex
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,13 +31,13 @@ from ponder.backends.base import Backend
 from ponder.backends.models import file_sha256, model_label, resolve_model
 from ponder.config import LaneConfig, PonderConfig, load_config
 from ponder.errors import ConfigError, PonderError
-from ponder.lab.config import POOLED, BenchConfig, Point
+from ponder.lab.config import BenchConfig, Point, is_pooled
 from ponder.lab.pool import SamplePool
 from ponder.lab.tasks import Item, JsonlSpec, load_jsonl, load_task, sha256_text
 from ponder.service import Ponder
 from ponder.strategies import get_strategy
 from ponder.thinking.extract import extract_answer
-from ponder.types import CancelToken
+from ponder.types import CancelToken, Generation
 
 SAMPLES = "samples.jsonl"
 RUN = "run.json"
@@ -45,15 +46,16 @@ LINE_SCHEMA = 1
 
 @dataclass
 class RunState:
-    """Counters shared by the workers (guarded by ``lock``)."""
+    """Counters of one run (one event loop: no locks needed)."""
 
     done: set[tuple[str, str]] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     lines: int = 0
     correct: int = 0
     tokens: int = 0
     errors: int = 0
     engine_s: float = 0.0
+    generations: int = 0
+    from_thinking: int = 0
 
 
 # ---------------------------------------------------------------------------
@@ -79,7 +81,13 @@ def load_items(cfg: BenchConfig, warn: Callable[[str], None]) -> list[Item]:
 
 
 def build_config(cfg: BenchConfig, *, check_models: bool = True) -> PonderConfig:
-    """The serving config the lab plans with: the YAML's lanes, or one lane per ``--models`` entry."""
+    """The serving config the lab plans with: the YAML's lanes, or one lane per ``--models`` entry (no ledger)."""
+    from ponder.config import LedgerConfig
+
+    return _lanes_config(cfg, check_models=check_models).model_copy(update={"ledger": LedgerConfig(url="off")})
+
+
+def _lanes_config(cfg: BenchConfig, *, check_models: bool = True) -> PonderConfig:
     if cfg.config_path:
         base = load_config(cfg.config_path)
         if not cfg.models:
@@ -153,8 +161,22 @@ def score(item: Item, answer: str, extracted: str | None, memo: dict) -> tuple[f
     return memo[key]
 
 
-def run_point(ponder: Ponder, backend: Backend, cfg: BenchConfig, point: Point, item: Item, seed: int,
-              pool: SamplePool | None, memo: dict) -> dict:
+class _Progress:
+    """Counts finished generations for the progress bar (a sink on every strategy request)."""
+
+    def __init__(self, on_generation: Callable[[Generation], None]) -> None:
+        self.on_generation = on_generation
+
+    def sample_event(self, index: int, event) -> None:
+        pass
+
+    def sample_done(self, index: int, generation: Generation) -> None:
+        self.on_generation(generation)
+
+
+async def run_point(ponder: Ponder, backend: Backend, cfg: BenchConfig, point: Point, item: Item, seed: int,
+                    pool: SamplePool | None, memo: dict, *, cancel: CancelToken,
+                    sink: _Progress | None = None) -> dict:
     body = request_body(cfg, point, item, seed)
     prompt_sha = sha256_text(body["messages"][0]["content"])
     base = {
@@ -163,56 +185,69 @@ def run_point(ponder: Ponder, backend: Backend, cfg: BenchConfig, point: Point, 
     }
     t0 = time.perf_counter()
     fresh0 = pool.fresh_seconds if pool else 0.0
+    pooled = is_pooled(point.strategy)
     try:
-        plan = ponder.plan(parse_request(body))
-        request = replace(ponder.strategy_request(plan, CancelToken()), verifier=item.verifier,
-                          answer_kind=item.answer_kind, pool=pool if point.strategy in POOLED else None)
-        result = get_strategy(plan.strategy).run(request, backend, plan.strategy_params)
+        plan = ponder.preflight(ponder.plan_sync(parse_request(body)))
+        request = replace(ponder.strategy_request(plan, cancel, sink=sink), verifier=item.verifier,
+                          answer_kind=item.answer_kind, pool=pool if pooled else None)
+        result = await get_strategy(plan.strategy).run(request, backend, plan.strategy_params)
+    except asyncio.CancelledError:
+        raise
     except Exception as exc:
-        if isinstance(exc, (ConfigError,)):
+        if isinstance(exc, ConfigError):
             raise
         msg = exc.message if isinstance(exc, PonderError) else f"{type(exc).__name__}: {exc}"
         return {**base, "error": f"engine: {msg}", "correct": False, "score": None, "usage": None,
                 "latency_s": time.perf_counter() - t0, "engine_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
-    if pool is not None and point.strategy in POOLED:
+    if pool is not None and pooled:
         # replayed draws cost nothing now; charge each configuration for the draws it used
         fresh = pool.fresh_seconds - fresh0
         engine_s = fresh
-        latency = wall - fresh + sum(s.generation.timings.total_s or 0.0 for s in result.samples)
+        latency = max((s.generation.timings.total_s or 0.0) for s in result.samples) if result.samples else wall
+        latency += max(0.0, wall - fresh)
     else:
         engine_s = wall
         latency = wall
     extracted = extract_answer(result.answer, kind=item.answer_kind) if result.answer else None
-    sc, err = score(item, result.answer, extracted, memo)
+    sc, err = await asyncio.to_thread(score, item, result.answer, extracted, memo)
     draws = []
     for i, s in enumerate(result.samples):
-        ds, _ = score(item, s.generation.answer, s.answer, memo)
-        draws.append({"i": i, "extracted": s.answer, "score": ds,
-                      "thinking_tokens": s.generation.usage.thinking_tokens,
-                      "answer_tokens": s.generation.usage.answer_tokens})
+        ds, _ = await asyncio.to_thread(score, item, s.generation.answer, s.answer, memo)
+        d = {"i": i, "extracted": s.answer, "score": ds, "thinking_tokens": s.generation.usage.thinking_tokens,
+             "answer_tokens": s.generation.usage.answer_tokens, "answer_source": s.generation.answer_source}
+        if s.confidence:
+            d["confidence"] = {k: round(v, 5) for k, v in s.confidence.items()}
+        if s.generation.early_stopped:
+            d["early_stopped"] = True
+        draws.append(d)
     u = result.usage
     chosen = result.chosen
+    from ponder.pricing import price
+
     return {
         **base,
         "thinking": chosen.thinking,
         "answer": result.answer,
         "extracted": extracted,
+        "answer_source": chosen.answer_source,
         "score": sc,
         "correct": sc == 1.0,
         "error": err,
         "n_samples": result.n_samples,
-        "independent_draws": point.strategy in POOLED,
+        "independent_draws": pooled,
         "draws": draws,
         "usage": {"prompt_tokens": u.prompt_tokens, "cached_prompt_tokens": u.cached_prompt_tokens,
-                  "thinking_tokens": u.thinking_tokens, "answer_tokens": u.answer_tokens},
-        "cost_usd": plan.lane.prices.cost(u.prompt_tokens, u.completion_tokens, u.cached_prompt_tokens),
+                  "thinking_tokens": u.thinking_tokens, "answer_tokens": u.answer_tokens,
+                  "tool_tokens": u.tool_tokens},
+        "cost_usd": price(u, plan.lane.prices),
         "latency_s": latency,
         "engine_s": engine_s,
         "truncated": bool(chosen.thinking_report.truncated),
         "stopped": chosen.thinking_report.stopped,
         "decision": result.decision,
         "confidence": result.confidence,
+        "tools": chosen.tools or None,
     }
 
 
@@ -280,8 +315,11 @@ def prepare(cfg: BenchConfig, out: Path, *, resume: bool) -> BenchConfig:
 
 
 def run_bench(cfg: BenchConfig, out: Path, *, resume: bool = False, progress: bool = True,
-              backends: dict[str, Backend] | None = None, warn: Callable[[str], None] | None = None) -> RunOutcome:
+              backends: dict[str, Backend] | None = None, warn: Callable[[str], None] | None = None,
+              announce: Callable[[str], None] | None = None) -> RunOutcome:
+    """Run (or resume) a lab grid; Ctrl-C stops it within seconds and leaves it resumable."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
+    announce = announce or (lambda m: print(m, file=sys.stderr))
     cfg = prepare(cfg, Path(out), resume=resume)
     cfg.validate()
     out = Path(out)
@@ -298,25 +336,69 @@ def run_bench(cfg: BenchConfig, out: Path, *, resume: bool = False, progress: bo
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "models": manifest}, indent=2))
     existing = read_samples(out, repair=True)
     state = RunState(done={(r["config"]["key"], r["item"]) for r in existing})
+    try:
+        return asyncio.run(_run_all(cfg, out, ponder, config, items, points, state, manifest, progress, announce,
+                                    close=backends is None))
+    finally:
+        if backends is None:
+            ponder.ledger.close()
+
+
+def planned_generations(cfg: BenchConfig, points: list[Point]) -> int:
+    """Samples one (model, item) unit draws: one pool of the largest N per budget, plus the unpooled strategies."""
+    total = 0
+    by_budget: dict[str, list[Point]] = {}
+    for p in points:
+        by_budget.setdefault(p.budget, []).append(p)
+    for pts in by_budget.values():
+        pooled_n = [p.n for p in pts if is_pooled(p.strategy)]
+        total += max(pooled_n) if pooled_n else 0
+        total += sum(p.n if p.strategy in ("verify-retry", "beam", "dvts", "mcts") else p.n + 1
+                     for p in pts if not is_pooled(p.strategy))
+    return total
+
+
+async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderConfig, items: list[Item],
+                   points: dict[str, list[Point]], state: RunState, manifest: dict, progress: bool,
+                   announce: Callable[[str], None], close: bool) -> RunOutcome:
     seeds = {it.id: cfg.seed * 100_003 + i for i, it in enumerate(items)}
-    units = [(lane, it) for lane in config.lanes for it in items]
-    total = sum(len(points[lane.name]) for lane, _ in units)
-    already = sum(1 for lane, it in units for p in points[lane.name] if (p.key, it.id) in state.done)
-    bar = _progress(total, already, progress)
+    units = [(lane, it) for lane in config.lanes for it in items
+             if any((p.key, it.id) not in state.done for p in points[lane.name])]
+    total_cfgs = sum(len(points[lane.name]) for lane in config.lanes) * len(items)
+    todo_gens = sum(planned_generations(cfg, [p for p in points[lane.name] if (p.key, it.id) not in state.done])
+                    for lane, it in units)
+    cap = max((b for b in (cfg.budgets or [])), default=0) + cfg.answer_tokens
+    announce(f"planned: {total_cfgs} configuration results ({len(items)} items x "
+             f"{sum(len(v) for v in points.values())} configurations), about {todo_gens} generations of up to "
+             f"{cap} tokens each still to run" + (f" ({len(state.done)} already logged)" if state.done else ""))
+    bar = _progress(todo_gens, progress)
     t_start = time.perf_counter()
     interrupted = False
     log = (out / SAMPLES).open("a", encoding="utf-8")
+    cancel = CancelToken()
+    sem = asyncio.Semaphore(cfg.concurrency)
 
-    def unit(lane: LaneConfig, item: Item) -> None:
-        backend = ponder.backend(lane)
-        memo: dict = {}
-        pools: dict[str, SamplePool] = {}
-        for point in points[lane.name]:
-            if (point.key, item.id) in state.done:
-                continue
-            pool = pools.setdefault(point.budget, SamplePool())
-            line = run_point(ponder, backend, cfg, point, item, seeds[item.id], pool, memo)
-            with state.lock:
+    def on_generation(g: Generation) -> None:
+        state.generations += 1
+        state.tokens += g.usage.thinking_tokens + g.usage.answer_tokens
+        state.from_thinking += g.answer_source == "thinking"
+        bar.update(1)
+        bar.set_postfix_str(f"tokens {state.tokens}, acc {state.correct / max(1, state.lines):.2f} (all configs)"
+                            + (f", {state.errors} errors" if state.errors else ""), refresh=False)
+
+    sink = _Progress(on_generation)
+
+    async def unit(lane: LaneConfig, item: Item) -> None:
+        async with sem:
+            backend = await ponder.backend_async(lane)
+            memo: dict = {}
+            pools: dict[str, SamplePool] = {}
+            for point in points[lane.name]:
+                if (point.key, item.id) in state.done:
+                    continue
+                pool = pools.setdefault(point.budget, SamplePool())
+                line = await run_point(ponder, backend, cfg, point, item, seeds[item.id], pool, memo,
+                                       cancel=cancel, sink=sink)
                 log.write(json.dumps(line) + "\n")
                 log.flush()
                 state.done.add((point.key, item.id))
@@ -324,28 +406,32 @@ def run_bench(cfg: BenchConfig, out: Path, *, resume: bool = False, progress: bo
                 state.correct += bool(line.get("correct"))
                 state.errors += line.get("error") is not None
                 state.engine_s += line.get("engine_s") or 0.0
-                if line.get("usage"):
-                    state.tokens += line["usage"]["thinking_tokens"] + line["usage"]["answer_tokens"]
-                bar.update(1)
-                bar.set_postfix_str(f"tokens {state.tokens}, acc {state.correct / state.lines:.2f} (all configs)"
-                                    + (f", {state.errors} errors" if state.errors else ""))
 
+    tasks = [asyncio.ensure_future(unit(lane, it)) for lane, it in units]
     try:
-        with cf.ThreadPoolExecutor(max_workers=cfg.concurrency) as pool_ex:
-            futures = [pool_ex.submit(unit, lane, it) for lane, it in units]
-            try:
-                for f in cf.as_completed(futures):
-                    f.result()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    except KeyboardInterrupt:
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
         interrupted = True
-        warn(f"interrupted; finished configurations are in {out / SAMPLES}; continue with --resume")
+    except BaseException:
+        cancel.cancel()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     finally:
+        if interrupted:
+            cancel.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         log.close()
         bar.close()
+        if close:
+            for b in ponder.backends():
+                await b.aclose()
+    if interrupted:
+        announce(f"interrupted: finished configurations are in {out / SAMPLES}; continue with "
+                 f"`ponder bench --resume --out {out}`")
     return RunOutcome(out=out, lines=read_samples(out), items=items, config=config, manifest=manifest,
                       wall_s=time.perf_counter() - t_start, interrupted=interrupted, engine_s=state.engine_s,
                       new_lines=state.lines)
@@ -356,15 +442,15 @@ def _preflight(ponder: Ponder, cfg: BenchConfig, points: dict[str, list[Point]],
     for pts in points.values():
         for p in pts:
             try:
-                ponder.plan(parse_request(request_body(cfg, p, item, 0)))
+                ponder.plan_sync(parse_request(request_body(cfg, p, item, 0)))
             except PonderError as exc:
                 flag = {"max_thinking_tokens": "--budgets", "reasoning_effort": "--efforts"}.get(exc.param or "",
                                                                                                   "--param")
                 raise ConfigError(f"configuration {p.key}: {exc.message}", param=flag) from None
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="cfg", desc="bench", disable=not enabled, file=sys.stderr,
+    return tqdm(total=total, unit="gen", desc="bench", disable=not enabled, file=sys.stderr,
                 dynamic_ncols=True, smoothing=0.1)

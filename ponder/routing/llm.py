@@ -10,10 +10,9 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-from ponder.backends.base import Backend
+from ponder.backends.base import Backend, SampleSpec
 from ponder.routing.base import RouteScore, last_user_text
 from ponder.routing.heuristic import HeuristicRouter
-from ponder.thinking import control
 from ponder.types import Message, Sampling, ThinkingBudget
 
 RATING_INSTRUCTION = (
@@ -36,10 +35,20 @@ class LLMRouter:
         self._fallback = HeuristicRouter()
 
     def score(self, messages: Sequence[Message]) -> RouteScore:
+        """Synchronous scoring (no event loop running: the lab's router evaluation)."""
+        import asyncio
+
+        return asyncio.run(self.ascore(messages))
+
+    async def ascore(self, messages: Sequence[Message]) -> RouteScore:
+        import asyncio
+
         text = last_user_text(messages)
         try:
-            gen = control.run(self._backend(), [Message("system", RATING_INSTRUCTION), Message("user", text[-2000:])],
-                              ThinkingBudget(0), Sampling(temperature=0.0, max_answer_tokens=3))
+            backend = await asyncio.to_thread(self._backend)
+            gen = await backend.sample(SampleSpec(
+                (Message("system", RATING_INSTRUCTION), Message("user", text[-2000:])),
+                ThinkingBudget(0), Sampling(temperature=0.0, max_answer_tokens=3)))
         except Exception as exc:  # a broken rater must not fail the request
             fb = self._fallback.score(messages)
             return RouteScore(fb.score, f"llm rater failed ({type(exc).__name__}); {fb.reason}", self.name)

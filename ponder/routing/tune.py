@@ -26,7 +26,7 @@ from ponder.lab.metrics import percentile, wilson_interval
 from ponder.lab.results import dedupe
 from ponder.lab.runner import RUN, load_items, read_samples
 from ponder.routing.policy import Band, RoutingPolicy
-from ponder.strategies import COUNT_PARAM
+from ponder.strategies import count_param
 from ponder.types import Message
 
 
@@ -120,7 +120,8 @@ def lane_for_model(model: str, config: PonderConfig | None) -> str:
 def band_from_key(key: str, config: PonderConfig | None) -> Band:
     model, budget, strategy, n = key.split("|")
     kind, _, value = budget.partition("=")
-    params = {COUNT_PARAM[strategy]: int(n[2:])} if strategy in COUNT_PARAM else {}
+    cp = count_param(strategy)
+    params = {cp: int(n[2:])} if cp else {}
     fields: dict[str, Any] = {"max_score": 1.0, "lane": lane_for_model(model, config), "strategy": strategy,
                               "params": params}
     if kind == "effort":

@@ -1,44 +1,72 @@
-"""Admission to an engine: a bounded queue per serialized lane.
+"""Admission: may this planned request start now, and at what effort?
 
-The embedded engine runs one generation at a time; further requests wait
-here (their wait is reported as ``timings.queue_s``).  When ``queue_size``
-requests already wait, new ones get HTTP 429 with ``Retry-After``.  Remote
-engines run concurrently and only count in-flight requests.
+One gate in front of every run:
+
+* **engine capacity** — embedded engines queue sequences themselves (FIFO,
+  by free slots and KV cells); past ``server.queue_size`` waiting sequences
+  a new request gets 429 with Retry-After instead of joining the queue;
+* **load shedding by budget** — under pressure a new request is admitted
+  at a lower effort tier (:mod:`ponder.server.shedding`); running requests
+  are never cut;
+* **tenancy** — the key's quotas are reserved for the request's worst case
+  and settled to its real usage when it ends (:mod:`ponder.tenancy`).
+
+A :class:`Ticket` holds what was reserved and gives it back exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from ponder.errors import Overloaded
+from ponder.policy import Plan
+from ponder.server.shedding import Shedder
 
 
-class LaneGate:
-    def __init__(self, *, serialized: bool, queue_size: int) -> None:
-        self.serialized = serialized
-        self.queue_size = queue_size
-        self._sem = asyncio.Semaphore(1) if serialized else None
-        self.waiting = 0
-        self.in_flight = 0
+@dataclass
+class Ticket:
+    plan: Plan
+    thinking_reserved: int
+    shedder: Shedder
+    reservation: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    _released: bool = False
 
-    async def acquire(self) -> float:
-        """Wait for the engine; return seconds waited.  Raise Overloaded when full."""
-        t0 = time.perf_counter()
-        if self._sem is not None:
-            if self._sem.locked() and self.waiting >= self.queue_size:
-                raise Overloaded(
-                    f"the engine queue is full ({self.waiting} waiting); retry shortly", retry_after_s=1.0
-                )
-            self.waiting += 1
+    async def release(self, outcome=None) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.shedder.release(self.thinking_reserved)
+        if self.reservation is not None:
+            await self.reservation.settle(outcome)
+
+
+class Gate:
+    def __init__(self, service, shedder: Shedder, tenancy=None) -> None:
+        self.service = service
+        self.shedder = shedder
+        self.tenancy = tenancy
+
+    def waiting(self) -> int:
+        """Sequences waiting for a slot in any embedded engine."""
+        return sum(int(b.load().get("waiting", 0)) for b in self.service.backends())
+
+    async def admit(self, plan: Plan, principal=None) -> Ticket:
+        cfg = self.service.config.server
+        waiting = self.waiting()
+        backend = self.service.cached_backend(plan.lane)
+        if backend is not None and backend.info.max_sequences and waiting >= cfg.queue_size:
+            raise Overloaded(f"the engine queue is full ({waiting} sequences waiting); retry shortly",
+                             retry_after_s=cfg.shedding.retry_after_s)
+        plan, tokens = self.shedder.admit(plan, waiting=waiting)
+        ticket = Ticket(plan, tokens, self.shedder)
+        if self.tenancy is not None and principal is not None:
             try:
-                await self._sem.acquire()
-            finally:
-                self.waiting -= 1
-        self.in_flight += 1
-        return time.perf_counter() - t0
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        if self._sem is not None:
-            self._sem.release()
+                ticket.reservation = await self.tenancy.reserve(principal, plan)
+                ticket.headers = ticket.reservation.headers()
+            except BaseException:
+                await asyncio.shield(ticket.release())
+                raise
+        return ticket

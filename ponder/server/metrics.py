@@ -1,4 +1,10 @@
-"""Prometheus metrics of one gateway (own registry: no global state)."""
+"""Prometheus metrics of one gateway (own registry: no global state).
+
+:meth:`Metrics.record` is called once per request by the run object, under
+the request's real status — a stream that failed after its headers counts
+as its error status, not 200.  Per-key series use only configured key names
+(and ``anonymous``), so label cardinality stays bounded whatever clients send.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, key_names: list[str] | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._keys = set(key_names or [])
         r = self.registry
         self.requests = Counter("ponder_requests", "Chat requests by lane and HTTP status", ["lane", "status"], registry=r)
         self.thinking_tokens = Histogram("ponder_thinking_tokens", "Thinking tokens per request", ["lane"], buckets=TOKEN_BUCKETS, registry=r)
@@ -18,13 +25,61 @@ class Metrics:
         self.prompt_tokens = Counter("ponder_prompt_tokens", "Prompt tokens", ["lane"], registry=r)
         self.ttft = Histogram("ponder_time_to_first_token_seconds", "Time to first token (thinking or answer)", ["lane"], buckets=TIME_BUCKETS, registry=r)
         self.tta = Histogram("ponder_time_to_answer_seconds", "Time to the first answer token", ["lane"], buckets=TIME_BUCKETS, registry=r)
-        self.queue_time = Histogram("ponder_queue_seconds", "Time spent waiting for an engine", ["lane"], buckets=TIME_BUCKETS, registry=r)
+        self.duration = Histogram("ponder_request_seconds", "Whole request time", ["lane"], buckets=TIME_BUCKETS, registry=r)
+        self.queue_time = Histogram("ponder_queue_seconds", "Time spent waiting for an engine slot", ["lane"], buckets=TIME_BUCKETS, registry=r)
         self.cost = Counter("ponder_cost_usd", "Dollars spent (configured prices)", ["lane"], registry=r)
-        self.in_flight = Gauge("ponder_in_flight_requests", "Requests being generated", ["lane"], registry=r)
-        self.queue_depth = Gauge("ponder_queue_depth", "Requests waiting for an engine", ["lane"], registry=r)
+        self.in_flight = Gauge("ponder_in_flight_requests", "Requests being served", ["lane"], registry=r)
+        self.queue_depth = Gauge("ponder_queue_depth", "Sequences waiting for an engine slot", ["engine"], registry=r)
+        self.engine_active = Gauge("ponder_engine_active_sequences", "Sequences decoding in an engine", ["engine"], registry=r)
         self.cancelled = Counter("ponder_cancelled", "Generations stopped because the client left", ["lane"], registry=r)
         self.degraded = Counter("ponder_degraded", "Requests admitted with a lowered effort (load shedding)", ["lane"], registry=r)
+        self.fallbacks = Counter("ponder_fallbacks", "Requests answered by a fallback lane", ["lane"], registry=r)
+        self.errors = Counter("ponder_errors", "Failed requests by error code", ["lane", "code"], registry=r)
         self.thinking_in_flight = Gauge("ponder_thinking_tokens_in_flight", "Thinking-token caps of admitted, unfinished requests", registry=r)
+        self.key_requests = Counter("ponder_key_requests", "Requests per API key", ["key", "status"], registry=r)
+        self.key_tokens = Counter("ponder_key_tokens", "Tokens per API key", ["key", "kind"], registry=r)
+        self.key_cost = Counter("ponder_key_cost_usd", "Dollars per API key", ["key"], registry=r)
+        self.cache = Counter("ponder_cache", "Answer cache lookups", ["result"], registry=r)
+
+    def key_label(self, key: str | None) -> str:
+        return key if key in self._keys else "anonymous"
+
+    def refused(self, lane: str, status: int, code: str | None, key: str | None = None) -> None:
+        """A request refused before it ran (bad input, auth, quota, overload)."""
+        self.requests.labels(lane, str(status)).inc()
+        self.errors.labels(lane, code or "error").inc()
+        self.key_requests.labels(self.key_label(key), str(status)).inc()
+
+    def record(self, outcome) -> None:
+        lane = outcome.lane
+        status = str(outcome.status)
+        u = outcome.usage
+        self.requests.labels(lane, status).inc()
+        self.thinking_tokens.labels(lane).observe(u.thinking_tokens)
+        self.answer_tokens.labels(lane).observe(u.answer_tokens)
+        self.prompt_tokens.labels(lane).inc(u.input_tokens)
+        self.cost.labels(lane).inc(max(0.0, outcome.cost_usd))
+        t = outcome.timings
+        if t.ttft_s is not None:
+            self.ttft.labels(lane).observe(t.ttft_s)
+        if t.time_to_answer_s is not None:
+            self.tta.labels(lane).observe(t.time_to_answer_s)
+        self.duration.labels(lane).observe(t.total_s)
+        self.queue_time.labels(lane).observe(t.queue_s)
+        if outcome.status == 499:
+            self.cancelled.labels(lane).inc()
+        elif outcome.error is not None:
+            self.errors.labels(lane, outcome.error.code or outcome.error.type).inc()
+        if outcome.plan.degraded:
+            self.degraded.labels(lane).inc()
+        if lane != outcome.plan.lane.name:
+            self.fallbacks.labels(lane).inc()
+        k = self.key_label(outcome.key)
+        self.key_requests.labels(k, status).inc()
+        self.key_tokens.labels(k, "input").inc(u.input_tokens)
+        self.key_tokens.labels(k, "thinking").inc(u.thinking_tokens)
+        self.key_tokens.labels(k, "answer").inc(u.answer_tokens)
+        self.key_cost.labels(k).inc(max(0.0, outcome.cost_usd))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,6 @@ from dataclasses import replace
 from ponder.config import SheddingConfig
 from ponder.errors import Overloaded
 from ponder.policy import Plan
-from ponder.strategies import COUNT_PARAM
 from ponder.thinking.budget import EFFORT_ORDER, EffortTable
 from ponder.types import ThinkingBudget
 
@@ -56,8 +55,7 @@ def degrade_budget(budget: ThinkingBudget, levels: int, table: EffortTable, floo
 
 def planned_samples(plan: Plan) -> int:
     """How many samples the plan's strategy may draw (its count parameter)."""
-    v = getattr(plan.strategy_params, COUNT_PARAM.get(plan.strategy, ""), 1)
-    return max(1, v) if isinstance(v, int) else 1
+    return plan.samples_per_choice()
 
 
 class Shedder:

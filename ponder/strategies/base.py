@@ -1,20 +1,75 @@
-"""One signature for every test-time strategy.
+"""One signature for every test-time strategy, and the registry they join.
 
 A strategy gets a :class:`StrategyRequest` (the conversation, the thinking
-budget, sampling settings, how to extract answers), a backend and its own
-typed parameters, and returns a :class:`StrategyResult`: the chosen answer,
-every sample it drew, the total usage of all of them, and a short decision
-trace saying why this answer won.
+budget per sample, sampling settings, how to extract answers, the deadline,
+where to send token events and spend), a backend and its own typed
+parameters, and returns a :class:`StrategyResult`: the chosen answer, every
+sample it drew, the total usage of all of them, and a short decision trace
+saying why this answer won.
+
+Strategies register with :func:`register`, which records what the rest of
+ponder needs to know about them (their "how many" parameter, whether their
+samples are independent seeded draws the lab can pool, whether they need a
+text-continuation engine) and powers ``ponder strategies``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 from ponder.backends.base import Backend
-from ponder.thinking.control import Event, LoopGuardSettings
-from ponder.types import CancelToken, Generation, Message, Sampling, ThinkingBudget, Usage
+from ponder.errors import InvalidRequest
+from ponder.thinking.machine import Event, LoopGuardSettings
+from ponder.types import CancelToken, Deadline, Generation, Message, Sampling, ThinkingBudget, Usage
+
+
+class Sink(Protocol):
+    """Receives token events of a strategy's samples while they run (the gateway streams them)."""
+
+    def sample_event(self, index: int, event: Event) -> None: ...
+
+    def sample_done(self, index: int, generation: Generation) -> None: ...
+
+
+class Meter:
+    """Spend so far of one attempt: finished samples exactly, running ones by their last event.
+
+    Every sample a strategy draws goes through :mod:`ponder.strategies.sampling`,
+    which reports here; the run object reads it for write-ahead accounting and
+    for what a failed or cancelled attempt had already spent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done = Usage()
+        self._live: dict[int, tuple[int, int]] = {}
+        self.samples = 0
+
+    def live(self, index: int, thinking: int, answer: int) -> None:
+        with self._lock:
+            self._live[index] = (thinking, answer)
+
+    def finish(self, index: int, usage: Usage) -> None:
+        with self._lock:
+            self._live.pop(index, None)
+            self.done = self.done + usage
+            self.samples += 1
+
+    def add(self, usage: Usage) -> None:
+        """Spend that is not a sample (a judge call, a critique, the llm router)."""
+        with self._lock:
+            self.done = self.done + usage
+
+    def total(self) -> Usage:
+        with self._lock:
+            u = Usage(**dataclasses.asdict(self.done))
+            for t, a in self._live.values():
+                u.thinking_tokens += t
+                u.answer_tokens += a
+            return u
 
 
 @dataclass(frozen=True)
@@ -36,6 +91,17 @@ class StrategyRequest:
     #: the lab's sample pool: independent seeded samples are drawn once per
     #: item and shared by every strategy and N (see :mod:`ponder.lab.pool`)
     pool: Any = field(default=None, compare=False)
+    #: the request must be answered by then: strategies stop drawing and answer with what they have
+    deadline: Deadline | None = None
+    #: token events of running samples go here (None: nobody streams)
+    sink: Sink | None = field(default=None, compare=False)
+    meter: Meter = field(default_factory=Meter, compare=False)
+    #: built-in tools for tool-integrated reasoning
+    tools: Any = field(default=None, compare=False)
+    #: an OpenAI response_format for upstreams that take it as is
+    response_format: dict | None = field(default=None, compare=False)
+    #: allocates globally unique sample indices for this request (shared by every round)
+    counter: Any = field(default=None, compare=False)
 
     @property
     def question(self) -> str:
@@ -51,6 +117,8 @@ class Sample:
     score: float | None = None
     #: index of the equivalence group the answer fell into
     group: int | None = None
+    #: trace confidence (DeepConf measures), when log-probabilities were recorded
+    confidence: dict[str, float] | None = None
 
 
 @dataclass
@@ -63,23 +131,110 @@ class StrategyResult:
     decision: str
     confidence: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: why the strategy stopped early, if it did ("deadline", "cancelled")
+    stopped: str | None = None
 
     @property
     def n_samples(self) -> int:
         return len(self.samples)
 
 
-class Strategy(Protocol):
-    """What every strategy module provides."""
+@dataclass(frozen=True)
+class StrategyInfo:
+    """What ponder knows about a strategy without running it."""
 
-    name: ClassVar[str]
+    name: str
+    description: str
+    params: type
+    #: the parameter that sets "how many" (None: one sample)
+    count_param: str | None = None
+    #: samples are independent seeded draws (the lab pools them; load shedding counts them)
+    pooled: bool = False
+    #: needs a text-continuation engine (step-level search)
+    needs_text: bool = False
+    #: token events of its answer can stream live (one sample); others stream the chosen sample at the end
+    streams_live: bool = False
+
+    def parameters(self) -> list[dict]:
+        """Name, default, type, range and help of every parameter (for ``ponder strategies``)."""
+        out = []
+        for f in dataclasses.fields(self.params):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append({"name": f.name, "default": default, "type": getattr(f.type, "__name__", str(f.type)),
+                        "range": f.metadata.get("range", ""), "help": f.metadata.get("help", "")})
+        return out
+
+
+class Strategy(Protocol):
+    info: ClassVar[StrategyInfo]
     Params: ClassVar[type]
 
-    def run(self, request: StrategyRequest, backend: Backend, params: Any) -> StrategyResult: ...
+    async def run(self, request: StrategyRequest, backend: Backend, params: Any) -> StrategyResult: ...
 
-    def stream(self, request: StrategyRequest, backend: Backend, params: Any) -> Iterator[Event]:
-        """Optional: token events of a single streamed sample."""
-        ...
+
+REGISTRY: dict[str, Any] = {}
+
+
+def register(name: str, description: str, *, count_param: str | None = None, pooled: bool = False,
+             needs_text: bool = False, streams_live: bool = False) -> Callable[[type], type]:
+    """Class decorator: add a strategy (and its metadata) to :data:`REGISTRY`."""
+
+    def deco(cls: type) -> type:
+        if name in REGISTRY:
+            raise ValueError(f"strategy {name!r} registered twice")
+        cls.info = StrategyInfo(name, description, cls.Params, count_param, pooled, needs_text, streams_live)
+        cls.name = name
+        REGISTRY[name] = cls()
+        return cls
+
+    return deco
+
+
+def get_strategy(name: str, *, param: str = "ponder.strategy") -> Any:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InvalidRequest(
+            f"unknown strategy {name!r}; available: {', '.join(sorted(REGISTRY))}", param=param
+        ) from None
+
+
+def build_params(strategy: Any, raw: dict[str, Any], max_samples: int | None = None, *,
+                 param_prefix: str = "ponder.params") -> Any:
+    """Typed parameters from a plain dict; unknown keys and wrong types are errors naming the parameter."""
+    fields = {f.name: f for f in dataclasses.fields(strategy.Params)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        allowed = ", ".join(sorted(fields)) or "none"
+        raise InvalidRequest(
+            f"unknown parameter(s) for strategy {strategy.info.name!r}: {', '.join(unknown)} (allowed: {allowed})",
+            param=param_prefix,
+        )
+    for k, v in raw.items():
+        _check_type(strategy.info.name, k, v, fields[k], param_prefix)
+    params = strategy.Params(**raw)
+    params.validate(max_samples)
+    return params
+
+
+def _check_type(strategy: str, name: str, value: Any, f: dataclasses.Field, prefix: str) -> None:
+    want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    ok = True
+    if want == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif want == "str":
+        ok = isinstance(value, str)
+    elif want == "bool":
+        ok = isinstance(value, bool)
+    elif want in ("str | None",):
+        ok = value is None or isinstance(value, str)
+    elif want in ("float | None",):
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok:
+        raise InvalidRequest(f"{name} of strategy {strategy!r} must be {want}, got {value!r}",
+                             param=f"{prefix}.{name}")
 
 
 def total_usage(generations: Sequence[Generation]) -> Usage:
@@ -87,3 +242,8 @@ def total_usage(generations: Sequence[Generation]) -> Usage:
     for g in generations:
         usage = usage + g.usage
     return usage
+
+
+def param(default: Any, help: str, range: str = "") -> Any:
+    """A strategy parameter with its help text and range (shown by ``ponder strategies``)."""
+    return field(default=default, metadata={"help": help, "range": range})

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import ClassVar
 
 from ponder.backends.base import Backend
 from ponder.strategies import sampling
-from ponder.strategies.base import Sample, StrategyRequest, StrategyResult, total_usage
-from ponder.strategies.consistency import _check_equivalence
-from ponder.strategies.resolve import check_count, check_verifier_name, verifier_for
-from ponder.strategies.voting import describe, representative, tally
+from ponder.strategies.base import Sample, StrategyRequest, StrategyResult, param, register, total_usage
+from ponder.strategies.consistency import EQUIVALENCES, check_equivalence
+from ponder.strategies.resolve import VERIFIER_NAMES, check_count, check_verifier_name, verifier_for
+from ponder.strategies.single import stopped_result
+from ponder.strategies.voting import describe, representative, tally_async
 from ponder.types import Usage
 from ponder.verifiers.base import safe_verify
 from ponder.verifiers.equivalence import Equivalence
@@ -18,8 +19,8 @@ from ponder.verifiers.equivalence import Equivalence
 
 @dataclass(frozen=True)
 class BestOfNParams:
-    n: int = 4
-    verifier: str = "judge"
+    n: int = param(4, "samples drawn (together)", ">= 1, <= server.max_samples")
+    verifier: str = param("judge", "what scores each sample", "|".join(VERIFIER_NAMES))
 
     def validate(self, max_samples: int | None = None) -> None:
         check_count("n", self.n, max_samples)
@@ -28,20 +29,22 @@ class BestOfNParams:
 
 @dataclass(frozen=True)
 class WeightedBestOfNParams(BestOfNParams):
-    equivalence: str = "auto"
+    equivalence: str = param("auto", "when two answers are the same answer", "|".join(EQUIVALENCES))
 
     def validate(self, max_samples: int | None = None) -> None:
         super().validate(max_samples)
-        _check_equivalence(self.equivalence)
+        check_equivalence(self.equivalence)
 
 
-def score_samples(request: StrategyRequest, backend: Backend, samples: list[Sample], verifier_name: str) -> tuple[Usage, int]:
-    """Score every sample; returns the judges' usage and how many verifier calls failed."""
+async def score_samples(request: StrategyRequest, backend: Backend, samples: list[Sample],
+                        verifier_name: str) -> tuple[Usage, int]:
+    """Score every sample (concurrently); returns the judges' usage and how many verifier calls failed."""
     verifier = verifier_for(request, backend, verifier_name)
+    verdicts = await asyncio.gather(*(safe_verify(verifier, request.question, s.generation.answer, s.answer)
+                                      for s in samples))
     usage = Usage()
     errors = 0
-    for s in samples:
-        v = safe_verify(verifier, request.question, s.generation.answer, s.answer)
+    for s, v in zip(samples, verdicts):
         usage = usage + v.usage
         s.score = v.score
         if v.error:
@@ -49,14 +52,16 @@ def score_samples(request: StrategyRequest, backend: Backend, samples: list[Samp
     return usage, errors
 
 
+@register("best-of-n", "N samples scored by a verifier; the highest score wins", count_param="n", pooled=True)
 class BestOfN:
-    name: ClassVar[str] = "best-of-n"
-    Params: ClassVar[type] = BestOfNParams
+    Params = BestOfNParams
 
-    def run(self, request: StrategyRequest, backend: Backend, params: BestOfNParams) -> StrategyResult:
+    async def run(self, request: StrategyRequest, backend: Backend, params: BestOfNParams) -> StrategyResult:
         params.validate(request.max_samples)
-        samples = sampling.draw(request, backend, params.n)
-        judge_usage, errors = score_samples(request, backend, samples, params.verifier)
+        samples = await sampling.draw(request, backend, params.n)
+        if not samples:
+            return stopped_result(request)
+        judge_usage, errors = await score_samples(request, backend, samples, params.verifier)
         scored = [s for s in samples if s.score is not None]
         if scored:
             best = max(scored, key=lambda s: s.score)  # first of equal scores wins
@@ -77,17 +82,18 @@ class BestOfN:
         )
 
 
+@register("weighted-best-of-n", "verifier scores summed per answer group; the heaviest group wins",
+          count_param="n", pooled=True)
 class WeightedBestOfN:
-    """Sum verifier scores per answer group; the heaviest group wins."""
+    Params = WeightedBestOfNParams
 
-    name: ClassVar[str] = "weighted-best-of-n"
-    Params: ClassVar[type] = WeightedBestOfNParams
-
-    def run(self, request: StrategyRequest, backend: Backend, params: WeightedBestOfNParams) -> StrategyResult:
+    async def run(self, request: StrategyRequest, backend: Backend, params: WeightedBestOfNParams) -> StrategyResult:
         params.validate(request.max_samples)
-        samples = sampling.draw(request, backend, params.n)
-        judge_usage, errors = score_samples(request, backend, samples, params.verifier)
-        t = tally(samples, Equivalence(params.equivalence), weights=[s.score or 0.0 for s in samples])
+        samples = await sampling.draw(request, backend, params.n)
+        if not samples:
+            return stopped_result(request)
+        judge_usage, errors = await score_samples(request, backend, samples, params.verifier)
+        t = await tally_async(samples, Equivalence(params.equivalence), [s.score or 0.0 for s in samples])
         chosen = representative(samples, t.winner)
         return StrategyResult(
             answer=chosen.generation.answer, chosen=chosen.generation, samples=samples,

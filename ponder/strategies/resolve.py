@@ -1,4 +1,4 @@
-"""Turn a strategy's named verifier / step scorer into objects."""
+"""Turn a strategy's named verifier / step scorer into objects; shared parameter checks."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from ponder.verifiers.judge import OutcomeJudge, StepJudge, YesNoJudge
 VERIFIER_NAMES = ("judge", "task")
 
 
-def verifier_for(request: StrategyRequest, backend: Backend, name: str):
+def verifier_for(request: StrategyRequest, backend: Backend, name: str | None):
     """The caller's verifier if it gave one, else the one ``name`` picks."""
     if request.verifier is not None:
         return request.verifier
     if name == "judge":
-        return OutcomeJudge(YesNoJudge(backend))
+        return OutcomeJudge(YesNoJudge(backend, meter=request.meter))
     if name == "task":
         raise InvalidRequest("verifier 'task' needs a task scorer (the lab supplies one)", param="ponder.params.verifier")
     raise InvalidRequest(f"unknown verifier {name!r}; choose one of {', '.join(VERIFIER_NAMES)}",
@@ -23,7 +23,7 @@ def verifier_for(request: StrategyRequest, backend: Backend, name: str):
 
 
 def prm_for(request: StrategyRequest, backend: Backend):
-    return request.prm if request.prm is not None else StepJudge(YesNoJudge(backend))
+    return request.prm if request.prm is not None else StepJudge(YesNoJudge(backend, meter=request.meter))
 
 
 def check_verifier_name(name: str | None, *, allow_none: bool = False) -> None:

@@ -13,16 +13,16 @@ a half-written thought.
 from __future__ import annotations
 
 import math
+import asyncio
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from ponder.backends.base import Backend
 from ponder.errors import InvalidRequest
-from ponder.strategies.base import Sample, StrategyRequest, StrategyResult
+from ponder.strategies.base import Sample, StrategyRequest, StrategyResult, param, register
 from ponder.strategies.resolve import check_count, prm_for
-from ponder.thinking import prompts
+from ponder.thinking import control, prompts
 from ponder.thinking.extract import extract_answer
-from ponder.types import CompletionStats, Generation, ThinkingReport, Timings, Usage
+from ponder.types import Generation, ThinkingReport, Timings, Usage
 
 AGGREGATIONS = ("last", "min", "prod")
 
@@ -48,7 +48,13 @@ class Path:
 
 
 class StepEnv:
-    """Generates and scores steps for one request; accumulates usage."""
+    """Generates and scores steps for one request; accumulates usage.
+
+    Sibling steps are generated concurrently, so the embedded engine decodes
+    them in one batch; each continues a prompt that starts like its parent's
+    finished sequence, whose KV the engine reuses instead of re-evaluating
+    the path.
+    """
 
     def __init__(self, request: StrategyRequest, backend: Backend, delimiter: str, step_tokens: int) -> None:
         if not backend.info.text_completion:
@@ -58,12 +64,7 @@ class StepEnv:
             raise InvalidRequest("step-level search needs a thinking budget > 0", param="max_thinking_tokens")
         self.request, self.backend = request, backend
         self.delimiter, self.step_tokens = delimiter, step_tokens
-        convo = list(request.messages)
-        if not backend.info.native_reasoning:
-            convo = prompts.with_think_instruction(convo)
-        self.prompt = backend.render_chat(convo)
-        if not self.prompt.rstrip().endswith("<think>"):
-            self.prompt += "<think>\n"
+        self.prompt = control.raw_prompt(backend, request.messages, request.budget)
         self.prompt_tokens = backend.count_tokens(self.prompt)
         self.prm = prm_for(request, backend)
         self.usage = Usage()
@@ -77,51 +78,64 @@ class StepEnv:
     def text(self, path: Path) -> str:
         return "".join(s + self.delimiter for s in path.steps)
 
-    def expand(self, path: Path, n: int) -> list[Path]:
-        """``n`` sampled next steps of ``path``, each scored by the PRM."""
-        out = []
+    async def expand(self, path: Path, n: int) -> list[Path]:
+        """``n`` sampled next steps of ``path`` (generated together), each scored by the PRM."""
+        left = self.cap - path.tokens
+        if left <= 0 or self.request.cancel.cancelled or n <= 0:
+            return []
+        seeds = []
         for _ in range(n):
-            left = self.cap - path.tokens
-            if left <= 0 or self.request.cancel.cancelled:
-                break
-            stats = CompletionStats()
-            seed = None if self.request.sampling.seed is None else self.request.sampling.seed + self.calls
+            base = self.request.sampling.seed
+            seeds.append(None if base is None else base + self.calls)
             self.calls += 1
-            step = "".join(p.text for p in self.backend.stream_text(
-                self.prompt + self.text(path), max_tokens=min(self.step_tokens, left),
-                sampling=self.request.sampling.with_seed(seed), stop=(self.delimiter, "</think>"),
-                cancel=self.request.cancel, stats=stats))
-            self.usage.prompt_tokens += 0 if self.generated else stats.prompt_tokens
-            self.usage.cached_prompt_tokens += 0 if self.generated else stats.cached_prompt_tokens
-            self.generated += stats.completion_tokens
-            self.usage.thinking_tokens += stats.completion_tokens
-            done = stats.stopped_by == "</think>" or (stats.stopped_by is None and stats.finish_reason != "length")
-            done = done or path.tokens + stats.completion_tokens >= self.cap
-            if not step.strip():
-                step = "(empty step)"
-            score, judge_usage = self.prm.score_steps(self.request.question, path.steps + [step])
+        comps = await asyncio.gather(*(self.backend.complete(
+            self.prompt + self.text(path), max_tokens=min(self.step_tokens, left),
+            sampling=self.request.sampling.with_seed(seed), stop=(self.delimiter, "</think>"),
+            cancel=self.request.cancel) for seed in seeds))
+        steps = []
+        for c in comps:
+            if not self.generated:
+                self.usage.prompt_tokens += c.prompt_tokens
+                self.usage.cached_prompt_tokens += c.cached_tokens
+            self.generated += c.completion_tokens
+            self.usage.thinking_tokens += c.completion_tokens
+            self.request.meter.add(Usage(thinking_tokens=c.completion_tokens))
+            done = c.stopped_by == "</think>" or (c.stopped_by is None and c.finish_reason != "length")
+            done = done or path.tokens + c.completion_tokens >= self.cap
+            steps.append((c.text if c.text.strip() else "(empty step)", c.completion_tokens, done))
+        scored = await asyncio.gather(*(self.prm.score_steps(self.request.question, path.steps + [st])
+                                        for st, _, _ in steps))
+        out = []
+        for (st, tokens, done), (score, judge_usage) in zip(steps, scored):
             self.usage = self.usage + judge_usage
-            out.append(path.child(step.strip(), score, stats.completion_tokens, done))
+            out.append(path.child(st.strip(), score, tokens, done))
         return out
 
-    def finish(self, path: Path) -> Generation:
+    async def finish(self, path: Path) -> Generation:
         """Close the path's thinking and generate its answer."""
         thinking = self.text(path).strip()
         truncated = path.tokens >= self.cap
         prefix = self.prompt + thinking + prompts.CLOSE_THINKING + (prompts.ANSWER_CUE if truncated else "")
-        stats = CompletionStats()
-        answer = "".join(p.text for p in self.backend.stream_text(
-            prefix, max_tokens=self.request.sampling.max_answer_tokens, sampling=self.request.sampling,
-            stop=tuple(self.request.sampling.stop), cancel=self.request.cancel, stats=stats)).strip()
-        self.usage.answer_tokens += stats.completion_tokens
+        c = await self.backend.complete(prefix, max_tokens=self.request.sampling.max_answer_tokens,
+                                        sampling=self.request.sampling, stop=tuple(self.request.sampling.stop),
+                                        cancel=self.request.cancel)
+        self.usage.answer_tokens += c.completion_tokens
+        self.request.meter.add(Usage(answer_tokens=c.completion_tokens))
         used = min(path.tokens, self.cap)
         report = ThinkingReport(budget=self.cap, min=self.request.budget.min_tokens, used=used, truncated=truncated,
                                 stopped="budget" if truncated else "end", effort=self.request.budget.effort)
-        own = Usage(prompt_tokens=self.prompt_tokens, thinking_tokens=used, answer_tokens=stats.completion_tokens)
-        return Generation(thinking, answer, own, report, Timings(), "length" if stats.finish_reason == "length" else "stop")
+        own = Usage(prompt_tokens=self.prompt_tokens, thinking_tokens=used, answer_tokens=c.completion_tokens)
+        answer = c.text.strip()
+        source = "answer"
+        if not answer:
+            from ponder.thinking.extract import last_stated_result
 
-    def sample_of(self, path: Path, how: str) -> Sample:
-        g = self.finish(path)
+            answer, source = (last_stated_result(thinking) or ""), "thinking"
+        return Generation(thinking, answer, own, report, Timings(), "length" if c.finish_reason == "length" else "stop",
+                          source if answer else "none")
+
+    async def sample_of(self, path: Path, how: str) -> Sample:
+        g = await self.finish(path)
         return Sample(g, extract_answer(g.answer, kind=self.request.answer_kind) if g.answer else None, path.value(how))
 
 
@@ -136,12 +150,12 @@ def _result(env: StepEnv, finals: list[tuple[Path, Sample]], how: str, label: st
 
 @dataclass(frozen=True)
 class BeamParams:
-    width: int = 2
-    branch: int = 2
-    max_steps: int = 8
-    step_tokens: int = 64
-    aggregation: str = "last"
-    delimiter: str = "\n\n"
+    width: int = param(2, "partial paths kept after each step", ">= 1; width x branch <= server.max_samples")
+    branch: int = param(2, "next steps sampled per kept path", ">= 1")
+    max_steps: int = param(8, "most steps per path", "1-64")
+    step_tokens: int = param(64, "most tokens per step", "1-4096")
+    aggregation: str = param("last", "how a path's step scores combine", "|".join(AGGREGATIONS))
+    delimiter: str = param("\n\n", "text that ends a step", "non-empty")
 
     def validate(self, max_samples: int | None = None) -> None:
         _validate_search("width", self.width, self.branch, self.max_steps, self.step_tokens, self.aggregation,
@@ -163,19 +177,23 @@ def _validate_search(width_name: str, width: int, branch: int, max_steps: int, s
         raise InvalidRequest("delimiter must not be empty", param="ponder.params.delimiter")
 
 
+@register("beam", "step-level beam search over the thinking, steps split at a delimiter, scored by a PRM",
+          count_param="width", needs_text=True)
 class Beam:
     """Keep the ``width`` best partial paths; expand each with ``branch`` next steps."""
 
-    name: ClassVar[str] = "beam"
-    Params: ClassVar[type] = BeamParams
+    Params = BeamParams
 
-    def run(self, request: StrategyRequest, backend: Backend, params: BeamParams) -> StrategyResult:
+    async def run(self, request: StrategyRequest, backend: Backend, params: BeamParams) -> StrategyResult:
         params.validate(request.max_samples)
         env = StepEnv(request, backend, params.delimiter, params.step_tokens)
         beams = [Path()]
         finished: list[Path] = []
         for _ in range(params.max_steps):
-            candidates = [c for b in beams for c in env.expand(b, params.branch)]
+            if not _time_left(request):
+                break
+            expanded = await asyncio.gather(*(env.expand(b, params.branch) for b in beams))
+            candidates = [c for group in expanded for c in group]
             if not candidates:
                 break
             candidates.sort(key=lambda p: p.value(params.aggregation), reverse=True)
@@ -185,56 +203,61 @@ class Beam:
                 break
         pool = (finished + beams)
         pool.sort(key=lambda p: p.value(params.aggregation), reverse=True)
-        finals = [(p, env.sample_of(p, params.aggregation)) for p in pool[: params.width]]
+        finals = await _finals(env, pool[: params.width], params.aggregation)
         return _result(env, finals, params.aggregation, "beam search")
 
 
 @dataclass(frozen=True)
 class DVTSParams:
-    subtrees: int = 2
-    branch: int = 2
-    max_steps: int = 8
-    step_tokens: int = 64
-    aggregation: str = "last"
-    delimiter: str = "\n\n"
+    subtrees: int = param(2, "independent subtrees", ">= 1; subtrees x branch <= server.max_samples")
+    branch: int = param(2, "next steps sampled per expansion", ">= 1")
+    max_steps: int = param(8, "most steps per path", "1-64")
+    step_tokens: int = param(64, "most tokens per step", "1-4096")
+    aggregation: str = param("last", "how a path's step scores combine", "|".join(AGGREGATIONS))
+    delimiter: str = param("\n\n", "text that ends a step", "non-empty")
 
     def validate(self, max_samples: int | None = None) -> None:
         _validate_search("subtrees", self.subtrees, self.branch, self.max_steps, self.step_tokens, self.aggregation,
                          self.delimiter, max_samples)
 
 
+@register("dvts", "diverse verifier tree search: independent subtrees, each expanded greedily by the PRM",
+          count_param="subtrees", needs_text=True)
 class DVTS:
     """Diverse verifier tree search: independent subtrees, each expanded greedily by the PRM."""
 
-    name: ClassVar[str] = "dvts"
-    Params: ClassVar[type] = DVTSParams
+    Params = DVTSParams
 
-    def run(self, request: StrategyRequest, backend: Backend, params: DVTSParams) -> StrategyResult:
+    async def run(self, request: StrategyRequest, backend: Backend, params: DVTSParams) -> StrategyResult:
         params.validate(request.max_samples)
         env = StepEnv(request, backend, params.delimiter, params.step_tokens)
-        roots = env.expand(Path(), params.subtrees)  # diverse first steps, one per subtree
-        leaves = []
-        for path in roots:
+        roots = await env.expand(Path(), params.subtrees)  # diverse first steps, one per subtree
+
+        async def grow(path: Path) -> Path:
             for _ in range(params.max_steps - 1):
-                if path.done:
+                if path.done or not _time_left(request):
                     break
-                kids = env.expand(path, params.branch)
+                kids = await env.expand(path, params.branch)
                 if not kids:
                     break
                 path = max(kids, key=lambda p: p.value(params.aggregation))
-            leaves.append(path)
-        finals = [(p, env.sample_of(p, params.aggregation)) for p in leaves]
+            return path
+
+        leaves = list(await asyncio.gather(*(grow(p) for p in roots)))
+        if not leaves:
+            leaves = [Path()]
+        finals = await _finals(env, leaves, params.aggregation)
         return _result(env, finals, params.aggregation, f"dvts over {len(leaves)} subtrees")
 
 
 @dataclass(frozen=True)
 class MCTSParams:
-    simulations: int = 8
-    branch: int = 2
-    max_depth: int = 6
-    step_tokens: int = 64
-    c_uct: float = 1.4
-    delimiter: str = "\n\n"
+    simulations: int = param(8, "selection-expansion-backpropagation rounds", "1-256")
+    branch: int = param(2, "children sampled per expansion", ">= 1, <= server.max_samples")
+    max_depth: int = param(6, "most steps per path", "1-64")
+    step_tokens: int = param(64, "most tokens per step", "1-4096")
+    c_uct: float = param(1.4, "UCT exploration constant", ">= 0")
+    delimiter: str = param("\n\n", "text that ends a step", "non-empty")
 
     def validate(self, max_samples: int | None = None) -> None:
         check_count("simulations", self.simulations, 256)
@@ -263,24 +286,25 @@ class Node:
                 "done": self.path.done, "children": [c.to_dict() for c in self.children]}
 
 
+@register("mcts", "Monte Carlo tree search over steps (UCT, PRM value, backpropagation); the tree is returned "
+          "in extra.tree", count_param="simulations", needs_text=True)
 class MCTS:
     """UCT selection, PRM-scored expansion, value backpropagation; returns the tree."""
 
-    name: ClassVar[str] = "mcts"
-    Params: ClassVar[type] = MCTSParams
+    Params = MCTSParams
 
-    def run(self, request: StrategyRequest, backend: Backend, params: MCTSParams) -> StrategyResult:
+    async def run(self, request: StrategyRequest, backend: Backend, params: MCTSParams) -> StrategyResult:
         params.validate(request.max_samples)
         env = StepEnv(request, backend, params.delimiter, params.step_tokens)
         root = Node(Path())
         for _ in range(params.simulations):
-            if request.cancel.cancelled:
+            if not _time_left(request):
                 break
             node = root
             while node.children:  # selection
                 node = max(node.children, key=lambda c: _uct(c, node, params.c_uct))
             if not node.path.done and len(node.path.steps) < params.max_depth:
-                kids = env.expand(node.path, params.branch)  # expansion + evaluation (PRM)
+                kids = await env.expand(node.path, params.branch)  # expansion + evaluation (PRM)
                 node.children = [Node(k, node) for k in kids]
                 if node.children:
                     node = max(node.children, key=lambda c: c.path.scores[-1])
@@ -292,8 +316,19 @@ class MCTS:
         best = root
         while best.children:  # most-visited child at each level
             best = max(best.children, key=lambda c: (c.visits, c.value))
-        finals = [(best.path, env.sample_of(best.path, "last"))]
+        finals = await _finals(env, [best.path], "last")
         return _result(env, finals, "last", f"mcts with {params.simulations} simulations", tree=root.to_dict())
+
+
+async def _finals(env: StepEnv, paths: list[Path], how: str) -> list[tuple[Path, Sample]]:
+    samples = await asyncio.gather(*(env.sample_of(p, how) for p in paths))
+    return list(zip(paths, samples))
+
+
+def _time_left(request: StrategyRequest) -> bool:
+    from ponder.strategies.sampling import time_left
+
+    return time_left(request)
 
 
 def _uct(child: Node, parent: Node, c: float) -> float:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
 
 from ponder.backends.base import Backend
-from ponder.strategies.base import Sample, StrategyRequest, StrategyResult
-from ponder.thinking import control
+from ponder.strategies import sampling
+from ponder.strategies.base import Sample, StrategyRequest, StrategyResult, register
 from ponder.thinking.extract import extract_answer
+from ponder.types import Generation
 
 
 @dataclass(frozen=True)
@@ -19,36 +19,35 @@ class SingleParams:
         return None
 
 
+@register("single", "one sample under the thinking budget; its tokens stream as they are generated",
+          pooled=True, streams_live=True)
 class Single:
-    name: ClassVar[str] = "single"
-    Params: ClassVar[type] = SingleParams
+    Params = SingleParams
 
-    def stream(self, request: StrategyRequest, backend: Backend, params: SingleParams) -> Iterator[control.Event]:
-        return control.generate(
-            backend, request.messages, request.budget, request.sampling,
-            cancel=request.cancel, loop_guard=request.loop_guard,
-        )
-
-    def run(self, request: StrategyRequest, backend: Backend, params: SingleParams) -> StrategyResult:
-        if request.pool is not None:
-            # the lab: sample 0 of the item's pool is exactly this request's draw
-            from ponder.strategies import sampling
-
-            return result_of_single(sampling.one(request, backend, 0).generation, request.answer_kind)
-        gen = None
-        for event in self.stream(request, backend, params):
-            if isinstance(event, control.Finished):
-                gen = event.generation
-        assert gen is not None
-        return result_of_single(gen, request.answer_kind)
+    async def run(self, request: StrategyRequest, backend: Backend, params: SingleParams) -> StrategyResult:
+        samples = await sampling.draw(request, backend, 1)
+        if not samples:
+            return stopped_result(request)
+        return result_of_single(samples[0].generation, request.answer_kind)
 
 
-def result_of_single(gen, answer_kind: str = "auto") -> StrategyResult:
+def result_of_single(gen: Generation, answer_kind: str = "auto") -> StrategyResult:
     extracted = extract_answer(gen.answer, kind=answer_kind) if gen.answer else None
     return StrategyResult(
         answer=gen.answer,
         chosen=gen,
         samples=[Sample(gen, extracted)],
         usage=gen.usage,
-        decision="single sample",
+        decision="single sample" + (f" (answer taken from the thinking)" if gen.answer_source == "thinking" else ""),
     )
+
+
+def stopped_result(request: StrategyRequest) -> StrategyResult:
+    """No sample could start (deadline passed or cancelled before any work)."""
+    from ponder.types import ThinkingReport, Timings, Usage
+
+    why = "cancelled" if request.cancel.cancelled else "deadline"
+    rep = ThinkingReport(budget=request.budget.max_tokens, min=request.budget.min_tokens, stopped=why,
+                         effort=request.budget.effort)
+    g = Generation("", "", Usage(), rep, Timings(), "cancelled" if why == "cancelled" else "deadline", "none")
+    return StrategyResult("", g, [], Usage(), f"no sample drawn ({why})", stopped=why)

@@ -52,6 +52,13 @@ def tally(samples: list[Sample], equivalence: Equivalence, weights: list[float] 
     return Tally(w, c, tied[0], tied if len(tied) > 1 else [], abstained)
 
 
+async def tally_async(samples: list[Sample], equivalence: Equivalence, weights: list[float] | None = None) -> Tally:
+    """:func:`tally` off the event loop (math-verify may take its time)."""
+    import asyncio
+
+    return await asyncio.to_thread(tally, samples, equivalence, weights)
+
+
 def representative(samples: list[Sample], group: int | None) -> Sample:
     """The sample shown for a group: its first member (or the first sample)."""
     for s in samples:

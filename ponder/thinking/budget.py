@@ -13,13 +13,15 @@ from ponder.errors import BudgetError
 from ponder.types import ThinkingBudget
 
 #: Defaults follow the tiers vendors converged on (low/medium/high/max with
-#: explicit caps).  ``minimal`` is OpenAI's name for "almost none".
+#: explicit caps).  ``minimal`` and ``xhigh`` are OpenAI's names for "almost
+#: none" and "more than high".
 DEFAULT_EFFORTS: dict[str, int] = {
     "none": 0,
     "minimal": 64,
     "low": 256,
     "medium": 1024,
     "high": 4096,
+    "xhigh": 8192,
     "max": 16384,
 }
 
@@ -28,7 +30,7 @@ DEFAULT_EFFORTS: dict[str, int] = {
 DEFAULT_MAX_BUDGET = 131072
 
 #: Effort tiers in descending order; load shedding walks down this list.
-EFFORT_ORDER = ("max", "high", "medium", "low", "minimal", "none")
+EFFORT_ORDER = ("max", "xhigh", "high", "medium", "low", "minimal", "none")
 
 
 @dataclass(frozen=True)

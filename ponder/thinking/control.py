@@ -1,392 +1,283 @@
-"""Budget forcing: make a model think within [min, max] tokens, then answer.
+"""Budget forcing around the state machine: prompts for text engines, the driver for chat APIs.
 
-This is the heart of ponder's thinking control.  :func:`generate` drives one
-sample and yields events as they happen, so the gateway can stream them and
-everyone else can simply drain the iterator:
+The rules live in :class:`~ponder.thinking.machine.ThinkingMachine`; this
+module holds what the drivers share:
 
-* hard max — thinking is cut at exactly the cap; ponder closes the block,
-  writes an answer cue and generates the answer with its own reserved tokens,
-  so a capped request still answers (``truncated: true``).
-* min — when the model closes ``</think>`` too early, the tag is suppressed
-  and a continuation cue ("Wait,") is written instead.
-* loop guard — a periodic (repeating) trace stops thinking early
-  (``stopped: "repetition"``).
-
-Text-continuation backends are controlled to the token.  Chat-only backends
-(hosted APIs) are controlled by cutting the stream at the cap and asking for
-the answer in a follow-up turn; they cannot enforce a minimum.
+* :func:`raw_prompt` — the rendered prompt a text engine continues: models
+  that do not think natively are told to think inside ``<think>`` tags and
+  the assistant turn is opened with ``<think>``; with thinking off, native
+  reasoners get an empty think block (the Qwen3 "no think" convention);
+* :func:`new_machine` — a machine configured from a :class:`SampleSpec`;
+* :func:`chat_sample` — the driver for chat-only upstreams: the stream is
+  cut at the cap (or by the loop guard) and the answer asked for in a
+  follow-up turn with the cut thinking as context.  Chat APIs cannot be made
+  to think *longer*, so a minimum is not enforced there.
+* :func:`generation_of` — the :class:`Generation` a finished machine describes.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
-from ponder.backends.base import Backend
 from ponder.thinking import prompts
-from ponder.thinking.loop_guard import LoopGuard, text_units
+from ponder.thinking.machine import AnswerDelta, Event, ThinkingDelta, ThinkingMachine
 from ponder.types import (
-    CancelToken,
-    CompletionStats,
     Generation,
     Message,
-    Sampling,
     ThinkingBudget,
-    ThinkingReport,
     Timings,
+    TokenLogprob,
     Usage,
 )
 
-
-@dataclass(frozen=True)
-class ThinkingDelta:
-    text: str
-    #: thinking tokens used so far (including this delta)
-    used: int
+if TYPE_CHECKING:
+    from ponder.backends.base import Backend, BackendInfo, SampleSpec
 
 
-@dataclass(frozen=True)
-class AnswerDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    generation: Generation
-
-
-Event = Union[ThinkingDelta, AnswerDelta, Finished]
-
-
-@dataclass(frozen=True)
-class LoopGuardSettings:
-    enabled: bool = True
-    max_period: int = 64
-    repeats: int = 3
-    min_span: int = 24
-
-    def make(self) -> LoopGuard:
-        return LoopGuard(self.max_period, self.repeats, self.min_span, self.enabled)
-
-
-def generate(
-    backend: Backend,
-    messages: Sequence[Message],
-    budget: ThinkingBudget,
-    sampling: Sampling,
-    *,
-    cancel: CancelToken | None = None,
-    loop_guard: LoopGuardSettings = LoopGuardSettings(),
-) -> Iterator[Event]:
-    """Generate one sample under ``budget``; the last event is :class:`Finished`."""
-    cancel = cancel or CancelToken()
-    with backend.exclusive():
-        if backend.info.text_completion:
-            yield from _generate_text(backend, list(messages), budget, sampling, cancel, loop_guard)
-        else:
-            yield from _generate_chat(backend, list(messages), budget, sampling, cancel, loop_guard)
-
-
-def run(backend: Backend, messages: Sequence[Message], budget: ThinkingBudget, sampling: Sampling, **kw) -> Generation:
-    """Non-streaming convenience: drain :func:`generate`."""
-    for event in generate(backend, messages, budget, sampling, **kw):
-        if isinstance(event, Finished):
-            return event.generation
-    raise RuntimeError("generation ended without a result")  # pragma: no cover
-
-
-def _conversation(backend: Backend, messages: list[Message], budget: ThinkingBudget) -> list[Message]:
+def conversation(info: "BackendInfo", messages: Sequence[Message], budget: ThinkingBudget) -> list[Message]:
     """Native reasoners think unasked; other models are told to think in tags."""
-    if backend.info.native_reasoning or not budget.enabled:
+    messages = list(messages)
+    if info.native_reasoning or not budget.enabled:
         return messages
     return prompts.with_think_instruction(messages)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.first_token: float | None = None
-        self.first_answer: float | None = None
+def raw_prompt(backend: "Backend", messages: Sequence[Message], budget: ThinkingBudget,
+               given_thinking: str | None = None, tools_prompt: str | None = None) -> str:
+    """The text a text-completion engine continues for one sample."""
+    thinking_on = budget.enabled or given_thinking is not None
+    convo = conversation(backend.info, messages, ThinkingBudget(max(1, budget.max_tokens)) if thinking_on else budget)
+    if tools_prompt:
+        convo = prompts.with_system_note(convo, tools_prompt)
+    prompt = backend.render_chat(convo)
+    opened = prompt.rstrip().endswith("<think>")
+    if given_thinking is not None:
+        return prompt + ("" if opened else "<think>\n") + given_thinking.strip() + prompts.CLOSE_THINKING
+    if thinking_on:
+        return prompt if opened else prompt + "<think>\n"
+    if opened:
+        return prompt + "\n\n</think>\n\n"
+    return prompt + ("<think>\n\n</think>\n\n" if backend.info.native_reasoning else "")
 
-    def token(self) -> None:
+
+def new_machine(spec: "SampleSpec", *, cue_tokens: Callable[[str], int],
+                on_event: Callable[[Event], None] | None = None) -> ThinkingMachine:
+    budget = spec.budget if spec.given_thinking is None else ThinkingBudget(0)
+    m = ThinkingMachine(budget, max_answer_tokens=spec.sampling.max_answer_tokens, stop=tuple(spec.sampling.stop),
+                        loop_guard=spec.loop_guard, cue_tokens=cue_tokens, on_event=on_event,
+                        tools=spec.tools is not None)
+    if spec.given_thinking is not None:
+        m.thinking = spec.given_thinking.strip()
+        m.report.budget = spec.budget.max_tokens
+    if spec.monitor is not None:
+        m.monitor = spec.monitor()
+    return m
+
+
+@dataclass
+class Clock:
+    """Time to first token, to first answer token, and total, for one sample."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    first_answer: float | None = None
+    queue_s: float = 0.0
+
+    def saw(self, event: Event) -> None:
+        now = time.perf_counter() - self.t0
         if self.first_token is None:
-            self.first_token = time.perf_counter() - self.t0
-
-    def answer(self) -> None:
-        self.token()
-        if self.first_answer is None:
-            self.first_answer = time.perf_counter() - self.t0
+            self.first_token = now
+        if isinstance(event, AnswerDelta) and self.first_answer is None:
+            self.first_answer = now
 
     def timings(self) -> Timings:
-        return Timings(
-            ttft_s=self.first_token,
-            time_to_answer_s=self.first_answer,
-            total_s=time.perf_counter() - self.t0,
-        )
+        return Timings(queue_s=self.queue_s, ttft_s=self.first_token, time_to_answer_s=self.first_answer,
+                       total_s=time.perf_counter() - self.t0)
 
 
-# ---------------------------------------------------------------------------
-# text-continuation backends: token-exact control
-# ---------------------------------------------------------------------------
-
-
-def _generate_text(
-    backend: Backend,
-    messages: list[Message],
-    budget: ThinkingBudget,
-    sampling: Sampling,
-    cancel: CancelToken,
-    guard_settings: LoopGuardSettings,
-) -> Iterator[Event]:
-    clock = _Clock()
-    native = backend.info.native_reasoning
-    thinking_on = budget.enabled
-    convo = _conversation(backend, messages, budget)
-    prompt = backend.render_chat(convo)
-    prompt_tokens = backend.count_tokens(prompt)
-    report = ThinkingReport(budget=budget.max_tokens, min=budget.min_tokens, effort=budget.effort)
-    usage = Usage(prompt_tokens=prompt_tokens)
-    thinking = ""
-
-    opened = prompt.rstrip().endswith("<think>")
-    if thinking_on:
-        if not opened:
-            prompt += "<think>\n"
-        guard = guard_settings.make()
-        used = 0
-        first_call = True
-        while True:
-            remaining = budget.max_tokens - used
-            if remaining <= 0:
-                report.truncated, report.stopped = True, "budget"
-                break
-            stats = CompletionStats()
-            used_before = used
-            stream = backend.stream_text(
-                prompt + thinking, max_tokens=remaining, sampling=sampling,
-                stop=("</think>",), cancel=cancel, stats=stats,
-            )
-            try:
-                for piece in stream:
-                    clock.token()
-                    thinking += piece.text
-                    used += piece.tokens
-                    yield ThinkingDelta(piece.text, min(used, budget.max_tokens))
-                    if guard.feed_many(text_units(piece.text)):
-                        break
-            finally:
-                stream.close()
-            if first_call:
-                usage.cached_prompt_tokens = min(stats.cached_prompt_tokens, prompt_tokens)
-                first_call = False
-            # the engine's count is authoritative: it includes the tokens of a
-            # stop string that were generated but held back from the text
-            used = max(used, used_before + stats.completion_tokens)
-            if cancel.cancelled:
-                report.stopped = "cancelled"
-                break
-            if guard.fired:
-                report.stopped = "repetition"
-                break
-            if stats.finish_reason == "length" or used >= budget.max_tokens:
-                report.truncated, report.stopped = True, "budget"
-                used = min(used, budget.max_tokens)
-                break
-            # the model ended thinking (</think>) or its turn (EOS)
-            if used < budget.min_tokens:
-                cue_tokens = backend.count_tokens(prompts.CONTINUE_CUE)
-                if used + cue_tokens < budget.max_tokens:
-                    thinking += prompts.CONTINUE_CUE
-                    used += cue_tokens
-                    report.continuations += 1
-                    yield ThinkingDelta(prompts.CONTINUE_CUE, used)
-                    continue
-            report.stopped = "end"
-            break
-        report.used = min(used, budget.max_tokens)
-        usage.thinking_tokens = report.used
-        answer_prefix = prompt + thinking.rstrip() + prompts.CLOSE_THINKING
-        if report.stopped in ("budget", "repetition"):
-            answer_prefix += prompts.ANSWER_CUE
-    else:
-        # thinking off: a native reasoner gets an empty think block (the
-        # Qwen3 "no think" convention); others just answer.
-        answer_prefix = prompt + ("\n\n</think>\n\n" if opened else ("<think>\n\n</think>\n\n" if native else ""))
-        report.stopped = "none"
-
-    answer = ""
-    finish = "stop"
-    if not cancel.cancelled:
-        stats = CompletionStats()
-        for piece in backend.stream_text(
-            answer_prefix, max_tokens=sampling.max_answer_tokens, sampling=sampling,
-            stop=tuple(sampling.stop), cancel=cancel, stats=stats,
-        ):
-            clock.answer()
-            text = piece.text.lstrip() if not answer else piece.text
-            if not text:
-                continue
-            answer += text
-            yield AnswerDelta(text)
-        usage.answer_tokens = stats.completion_tokens
-        if not thinking_on and usage.cached_prompt_tokens == 0:
-            usage.cached_prompt_tokens = min(stats.cached_prompt_tokens, prompt_tokens)
-        finish = "length" if stats.finish_reason == "length" else "stop"
-    if cancel.cancelled:
-        finish = "cancelled"
-        if report.stopped not in ("budget", "repetition", "end"):
-            report.stopped = "cancelled"
-    yield Finished(
-        Generation(
-            thinking=thinking.strip(),
-            answer=answer.strip(),
-            usage=usage,
-            thinking_report=report,
-            timings=clock.timings(),
-            finish_reason=finish,
-        )
-    )
-
-
-# ---------------------------------------------------------------------------
-# chat-only backends: cut the stream at the cap, answer in a follow-up turn
-# ---------------------------------------------------------------------------
-
-
-def _generate_chat(
-    backend: Backend,
-    messages: list[Message],
-    budget: ThinkingBudget,
-    sampling: Sampling,
-    cancel: CancelToken,
-    guard_settings: LoopGuardSettings,
-) -> Iterator[Event]:
-    clock = _Clock()
-    thinking_on = budget.enabled
-    convo = _conversation(backend, messages, budget)
-    report = ThinkingReport(budget=budget.max_tokens, min=budget.min_tokens, effort=budget.effort)
-    usage = Usage()
-    guard = guard_settings.make()
-    thinking, answer = "", ""
-    used = 0
-    cut = False
-    stats = CompletionStats()
-    max_tokens = sampling.max_answer_tokens + (budget.max_tokens if thinking_on else 0)
-    stream = backend.stream_chat(convo, max_tokens=max_tokens, sampling=sampling, thinking=thinking_on,
-                                 cancel=cancel, stats=stats)
-    try:
-        for piece in stream:
-            if piece.kind == "thinking":
-                if not thinking_on:
-                    continue  # an engine that thinks anyway: hidden and uncounted as answer
-                if used + piece.tokens > budget.max_tokens:
-                    cut = True
-                    report.truncated, report.stopped = True, "budget"
-                    break
-                clock.token()
-                thinking += piece.text
-                used += piece.tokens
-                yield ThinkingDelta(piece.text, used)
-                if guard.feed_many(text_units(piece.text)):
-                    cut = True
-                    report.stopped = "repetition"
-                    break
-            else:
-                clock.answer()
-                text = piece.text.lstrip() if not answer else piece.text
-                if text:
-                    answer += text
-                    yield AnswerDelta(text)
-    finally:
-        stream.close()
-    # engines that send no usage in streams (llama-cpp-python's server): count
-    usage.prompt_tokens = stats.prompt_tokens or _count_messages(backend, convo)
-    usage.cached_prompt_tokens = stats.cached_prompt_tokens
-    reported_reasoning = stats.extra.get("reasoning_tokens")
-    if not cut and reported_reasoning is not None and thinking_on:
-        used = min(int(reported_reasoning), budget.max_tokens) if used <= budget.max_tokens else used
-    usage.thinking_tokens = used if thinking_on else 0
-    if cut:
-        usage.answer_tokens = 0
-    else:
-        usage.answer_tokens = max(0, stats.completion_tokens - usage.thinking_tokens) if stats.completion_tokens else backend.count_tokens(answer)
-        if thinking_on and report.stopped == "none":
-            report.stopped = "end"
-    finish = "length" if stats.finish_reason == "length" else "stop"
-
-    if cut and not cancel.cancelled:
-        follow = [
-            *convo,
-            Message("assistant", f"<think>\n{thinking.strip()}\n</think>"),
-            Message("user", prompts.FORCED_ANSWER_INSTRUCTION),
-        ]
-        stats2 = CompletionStats()
-        stream2 = backend.stream_chat(follow, max_tokens=sampling.max_answer_tokens, sampling=sampling,
-                                      thinking=False, cancel=cancel, stats=stats2)
-        try:
-            for piece in stream2:
-                if piece.kind != "answer":
-                    continue
-                clock.answer()
-                text = piece.text.lstrip() if not answer else piece.text
-                if text:
-                    answer += text
-                    yield AnswerDelta(text)
-        finally:
-            stream2.close()
-        # the follow-up re-reads the conversation: that is prompt cost too
-        usage.prompt_tokens += stats2.prompt_tokens or _count_messages(backend, follow)
-        usage.cached_prompt_tokens += stats2.cached_prompt_tokens
-        usage.answer_tokens += stats2.completion_tokens or backend.count_tokens(answer)
-        finish = "length" if stats2.finish_reason == "length" else "stop"
+def generation_of(m: ThinkingMachine, usage: Usage, clock: Clock, *,
+                  finish: str | None = None, tools: list[dict] | None = None) -> Generation:
+    """The Generation a finished machine describes (usage's thinking/answer counts come from the machine)."""
+    answer, source = m.final_answer()
+    usage.thinking_tokens = m.thinking_tokens()
+    usage.answer_tokens = m.answer_tokens + m.hidden_tokens
+    report = m.report
     report.used = usage.thinking_tokens
-    if not thinking_on:
+    if not m.budget.enabled and report.stopped not in ("cancelled",):
         report.stopped = "none"
-    if cancel.cancelled:
-        finish = "cancelled"
-    yield Finished(
-        Generation(
-            thinking=thinking.strip(),
-            answer=answer.strip(),
-            usage=usage,
-            thinking_report=report,
-            timings=clock.timings(),
-            finish_reason=finish,
-        )
+    reason = finish or m.finish or "stop"
+    if reason == "cancelled" and report.stopped == "none" and m.budget.enabled:
+        report.stopped = "cancelled"
+    return Generation(
+        thinking=m.thinking.strip(),
+        answer=answer,
+        usage=usage,
+        thinking_report=report,
+        timings=clock.timings(),
+        finish_reason=reason,  # type: ignore[arg-type]
+        answer_source=source,
+        logprobs=list(m.logprobs) if m.logprobs else None,
+        tools=tools or [],
+        early_stopped=m.early_stopped,
     )
 
 
-def _count_messages(backend: Backend, messages: Sequence[Message]) -> int:
-    return sum(backend.count_tokens(m.content) + 4 for m in messages)
+# ---------------------------------------------------------------------------
+# chat-only upstreams
+# ---------------------------------------------------------------------------
 
 
-def answer_given_thinking(backend: Backend, messages: Sequence[Message], thinking: str, sampling: Sampling,
-                          *, cancel: CancelToken | None = None) -> str:
-    """The answer a model gives after a thinking trace that we supply.
+@dataclass(frozen=True)
+class ChatPiece:
+    """A streamed piece of a chat answer, already split by channel."""
 
-    Used by the lab's faithfulness audit: hand the model a (perturbed) trace
-    as if it had thought it, and see whether the answer follows the trace.
-    Text backends get the trace inside the think block; chat-only backends
-    get it as an earlier assistant turn with the forced-answer instruction.
-    """
-    cancel = cancel or CancelToken()
-    answer = ""
-    with backend.exclusive():
-        if backend.info.text_completion:
-            convo = _conversation(backend, list(messages), ThinkingBudget(1))
-            prompt = backend.render_chat(convo)
-            if not prompt.rstrip().endswith("<think>"):
-                prompt += "<think>\n"
-            prompt += thinking.strip() + prompts.CLOSE_THINKING
-            for piece in backend.stream_text(prompt, max_tokens=sampling.max_answer_tokens, sampling=sampling,
-                                             stop=tuple(sampling.stop), cancel=cancel, stats=CompletionStats()):
-                answer += piece.text
-        else:
-            follow = [*messages, Message("assistant", f"<think>\n{thinking.strip()}\n</think>"),
-                      Message("user", prompts.FORCED_ANSWER_INSTRUCTION)]
-            for piece in backend.stream_chat(follow, max_tokens=sampling.max_answer_tokens, sampling=sampling,
-                                             thinking=False, cancel=cancel, stats=CompletionStats()):
-                if piece.kind == "answer":
-                    answer += piece.text
-    return answer.strip()
+    kind: Literal["thinking", "answer"]
+    text: str
+    tokens: int = 1
+    logprob: TokenLogprob | None = None
+
+
+@dataclass
+class StreamStats:
+    """What an upstream reports about one streamed call."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int | None = None
+    finish_reason: str | None = None
+    #: the upstream said how many tokens it spent
+    reported: bool = False
+
+
+class ChatEngine:
+    """What :func:`chat_sample` needs from a chat-only backend."""
+
+    info: "BackendInfo"
+
+    async def stream_chat(self, messages: Sequence[Message], *, max_tokens: int, spec: "SampleSpec", thinking: bool,
+                          stats: StreamStats, on_piece: Callable[[ChatPiece], bool]) -> None:  # pragma: no cover
+        """Stream one call; ``on_piece`` returns False to stop reading (the connection is closed at once)."""
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def settle_usage(self, stats: StreamStats, counted_prompt: int, counted_completion: int, *,
+                     ceiling: int) -> tuple[int, int, int]:
+        """(prompt, cached, completion) tokens to bill for one call."""
+        prompt = stats.prompt_tokens or counted_prompt
+        return prompt, min(stats.cached_prompt_tokens, prompt), stats.completion_tokens or counted_completion
+
+
+class PartialSpend(Exception):
+    """Raised through a failed sample with what it had already spent (so it is still billed)."""
+
+
+async def chat_sample(engine: ChatEngine, spec: "SampleSpec", *, on_event: Callable[[Event], None] | None = None,
+                      clock: Clock | None = None) -> Generation:
+    """One sample on a chat API: cut at the cap, answer in a follow-up turn."""
+    clock = clock or Clock()
+
+    def emit(e: Event) -> None:
+        clock.saw(e)
+        if on_event is not None:
+            on_event(e)
+
+    m = new_machine(spec, cue_tokens=engine.count_tokens, on_event=emit)
+    thinking_on = spec.budget.enabled
+    convo = conversation(engine.info, spec.messages, spec.budget)
+    if spec.given_thinking is not None:
+        convo = [*convo, Message("assistant", f"<think>\n{spec.given_thinking.strip()}\n</think>"),
+                 Message("user", prompts.FORCED_ANSWER_INSTRUCTION)]
+        thinking_on = False
+    usage = Usage()
+    max_tokens = spec.sampling.max_answer_tokens + (spec.budget.max_tokens if thinking_on else 0)
+    stats = StreamStats()
+    state = {"cut": False, "counted": 0}
+
+    def first_piece(piece: ChatPiece) -> bool:
+        state["counted"] += piece.tokens
+        d = m.feed_piece(piece.kind, piece.text, piece.tokens, piece.logprob)
+        if d.kind == "cut":
+            state["cut"] = True
+            return False
+        if d.kind == "stop":
+            return False
+        if spec.cancel.cancelled:
+            m.interrupt("cancelled")
+            return False
+        if spec.deadline is not None and spec.deadline.passed:
+            if m.phase == "thinking":
+                m.report.stopped = "deadline"
+                m.used = min(m.used, spec.budget.max_tokens)
+                m.report.used = m.used
+                m.phase = "answer"
+                state["cut"] = True
+            else:
+                m.interrupt("deadline")
+            return False
+        return True
+
+    try:
+        await engine.stream_chat(convo, max_tokens=max_tokens, spec=spec, thinking=thinking_on, stats=stats,
+                                 on_piece=first_piece)
+    except Exception as exc:
+        exc.partial_usage = Usage(prompt_tokens=_count_messages(engine, convo),  # type: ignore[attr-defined]
+                                  thinking_tokens=m.thinking_tokens(), answer_tokens=m.answer_tokens)
+        raise
+    cut = state["cut"]
+    p, c, completion = engine.settle_usage(stats, _count_messages(engine, convo), state["counted"], ceiling=max_tokens)
+    usage.prompt_tokens, usage.cached_prompt_tokens = p, c
+    if not cut and m.phase != "done":
+        m.stream_ended(stats.finish_reason or "stop")
+    # the upstream's own count of reasoning tokens, when it gives one, replaces the delta count
+    if not cut and thinking_on and stats.reasoning_tokens is not None:
+        m.used = min(stats.reasoning_tokens, spec.budget.max_tokens, completion)
+    if stats.reported and not cut:
+        # everything the upstream billed beyond the thinking is answer (hidden thinking included)
+        shown = (min(m.used, spec.budget.max_tokens) if thinking_on else 0) + m.answer_tokens
+        m.hidden_tokens = max(0, completion - shown)
+        if completion < shown:  # the upstream counted fewer than it streamed: bill its count
+            m.answer_tokens = max(0, completion - (min(m.used, spec.budget.max_tokens) if thinking_on else 0))
+    if cut and not spec.cancel.cancelled:
+        follow = [*convo, Message("assistant", f"<think>\n{m.thinking.strip()}\n</think>"),
+                  Message("user", prompts.FORCED_ANSWER_INSTRUCTION)]
+        stats2 = StreamStats()
+        state2 = {"counted": 0}
+        before = m.answer_tokens
+
+        def answer_piece(piece: ChatPiece) -> bool:
+            state2["counted"] += piece.tokens
+            d = m.feed_piece(piece.kind, piece.text, piece.tokens, piece.logprob)
+            return d.kind != "stop" and not spec.cancel.cancelled
+
+        try:
+            await engine.stream_chat(follow, max_tokens=spec.sampling.max_answer_tokens, spec=spec, thinking=False,
+                                     stats=stats2, on_piece=answer_piece)
+        except Exception as exc:
+            exc.partial_usage = Usage(  # type: ignore[attr-defined]
+                prompt_tokens=usage.prompt_tokens + _count_messages(engine, follow),
+                thinking_tokens=m.thinking_tokens(), answer_tokens=m.answer_tokens)
+            raise
+        m.stream_ended(stats2.finish_reason or "stop")
+        p2, c2, completion2 = engine.settle_usage(stats2, _count_messages(engine, follow), state2["counted"],
+                                                  ceiling=spec.sampling.max_answer_tokens)
+        # the follow-up re-reads the conversation: that is prompt cost too
+        usage.prompt_tokens += p2
+        usage.cached_prompt_tokens += c2
+        if stats2.reported:
+            m.hidden_tokens += max(0, completion2 - (m.answer_tokens - before))
+    if spec.cancel.cancelled and m.phase != "done":
+        m.interrupt("cancelled")
+    return generation_of(m, usage, clock, finish="cancelled" if spec.cancel.cancelled else None)
+
+
+def _count_messages(engine: ChatEngine, messages: Sequence[Message]) -> int:
+    return sum(engine.count_tokens(m.content) + 4 for m in messages)
+
+
+__all__ = ["AnswerDelta", "ChatPiece", "Clock", "StreamStats", "ThinkingDelta", "chat_sample", "conversation",
+           "generation_of", "new_machine", "raw_prompt"]

@@ -106,3 +106,43 @@ def extract_answer(text: str, *, kind: str = "auto") -> str | None:
         return n
     stripped = text.strip()
     return stripped if stripped and len(stripped) <= 200 else None
+
+
+_RESULT_CUE = re.compile(r"(final answer|the answer|answer is|answer:|result|therefore|thus|so the|equals|=|\bis\b)",
+                         re.IGNORECASE)
+_TAGS = re.compile(r"</?think>|<\|[^|>]{1,40}\|>")
+
+
+def strip_tags(text: str) -> str:
+    """Text without think tags or chat-template tokens."""
+    return _TAGS.sub("", text)
+
+
+def last_stated_result(thinking: str) -> str | None:
+    """The last result a thinking trace states, as a short line.
+
+    Used when a model answers inside its think and writes nothing (or only
+    tags) after it: a boxed answer wins; else the last line that states a
+    result ("... is 12", "= 12", "Answer: 12") and holds a number or a short
+    phrase; else the last line with a number.  ``None`` for an empty trace.
+    """
+    text = strip_tags(thinking or "").strip()
+    if not text:
+        return None
+    boxed = extract_boxed(text)
+    if boxed:
+        return boxed
+    lines = [ln.strip(" *-#>\t") for ln in re.split(r"\n+", text) if ln.strip(" *-#>\t")]
+    sentences: list[str] = []
+    for ln in lines:
+        sentences += [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z(])", ln) if s.strip()]
+    for s in reversed(sentences):
+        if _RESULT_CUE.search(s) and _NUMBER.search(s):
+            return s[:300]
+    for s in reversed(sentences):
+        if _NUMBER.search(s):
+            return s[:300]
+    for s in reversed(sentences):
+        if _RESULT_CUE.search(s) and len(s) <= 200:
+            return s
+    return None

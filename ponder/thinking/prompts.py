@@ -36,3 +36,11 @@ def with_think_instruction(messages: list[Message]) -> list[Message]:
         first = messages[0]
         return [Message(first.role, f"{first.content.rstrip()}\n\n{THINK_INSTRUCTION}"), *messages[1:]]
     return [Message("system", THINK_INSTRUCTION), *messages]
+
+
+def with_system_note(messages: list[Message], note: str) -> list[Message]:
+    """Add ``note`` to the system prompt (creating one when there is none)."""
+    if messages and messages[0].role in ("system", "developer"):
+        first = messages[0]
+        return [Message(first.role, f"{first.content.rstrip()}\n\n{note}"), *messages[1:]]
+    return [Message("system", note), *messages]

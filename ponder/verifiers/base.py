@@ -4,10 +4,14 @@ A verifier returns a :class:`Verdict`: a score in [0, 1], whether it passed,
 feedback a retry loop can show the model, and the tokens it spent (model
 judges cost tokens, and every token is counted).  A verifier that crashes or
 hangs yields ``error`` instead of taking the request down with it.
+
+Programmatic verifiers are plain functions (``verify``); model judges are
+coroutines (``averify``) because they ask an engine.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,10 +39,16 @@ class Verifier(Protocol):
         ...
 
 
-def safe_verify(verifier: Verifier, question: str, answer: str, extracted: str | None) -> Verdict:
-    """Run a verifier, turning its crash into a ``verifier_error`` verdict."""
+async def safe_verify(verifier, question: str, answer: str, extracted: str | None,
+                      *, timeout_s: float = 60.0) -> Verdict:
+    """Run a verifier (off the event loop when it is a plain function), turning a crash into ``verifier_error``."""
     try:
-        v = verifier.verify(question, answer, extracted)
+        if hasattr(verifier, "averify"):
+            v = await asyncio.wait_for(verifier.averify(question, answer, extracted), timeout_s)
+        else:
+            v = await asyncio.wait_for(asyncio.to_thread(verifier.verify, question, answer, extracted), timeout_s)
+    except asyncio.TimeoutError:
+        return Verdict.failed(f"verifier_error: no verdict within {timeout_s:g}s")
     except Exception as exc:  # a user-supplied scorer may raise anything
         return Verdict.failed(f"verifier_error: {type(exc).__name__}: {exc}")
     if v.score is not None and not 0.0 <= v.score <= 1.0:

@@ -58,8 +58,9 @@ class _MathPool:
         except cf.TimeoutError:
             with self._lock:
                 if self._pool is pool:
+                    procs = list((getattr(pool, "_processes", None) or {}).values())
                     pool.shutdown(wait=False, cancel_futures=True)
-                    for p in list(getattr(pool, "_processes", {}).values()):
+                    for p in procs:
                         p.kill()
                     self._pool = None
             return None
@@ -67,7 +68,22 @@ class _MathPool:
             return None
 
 
+    def shutdown(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.kill()
+
+
 _MATH = _MathPool()
+
+
+def shutdown_pool() -> None:
+    """Stop the math-verify worker (the gateway's lifespan hook and the CLI call this on exit)."""
+    _MATH.shutdown()
 
 
 def _math_verify_equal(a: str, b: str) -> bool:

@@ -4,16 +4,16 @@ Both ask a judge model (any lane's backend) a yes/no question and read
 P(yes) from the next-token log-probabilities.  Backends that give no
 log-probabilities (hosted chat APIs) are asked ``votes`` times at
 temperature 1 instead, and the share of "yes" is the score.  Every judge
-token is counted in the verdict's usage.
+token is counted in the verdict's usage (and in the request's meter).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from ponder.backends.base import Backend
-from ponder.thinking import control
+from ponder.backends.base import Backend, SampleSpec
 from ponder.types import Message, Sampling, ThinkingBudget, Usage
 from ponder.verifiers.base import Verdict
 
@@ -40,23 +40,33 @@ class YesNoJudge:
     backend: Backend
     votes: int = 3
     threshold: float = 0.5
+    meter: Any = None
 
-    def p_yes(self, messages: list[Message]) -> tuple[float, Usage]:
+    async def p_yes(self, messages: list[Message]) -> tuple[float, Usage]:
         info = self.backend.info
         if info.text_completion and info.logprobs:
             prompt = self.backend.render_chat(messages)
-            lp = self.backend.token_logprobs(prompt, ["Yes", "No"])
+            lp = await self.backend.next_token_logprobs(prompt, ["Yes", "No"])
             if lp is not None:
                 y, n = lp["Yes"], lp["No"]
                 m = max(y, n)
-                p = math.exp(y - m) / (math.exp(y - m) + math.exp(n - m))
-                return p, Usage(prompt_tokens=self.backend.count_tokens(prompt))
+                if m == float("-inf"):
+                    p = 0.5
+                else:
+                    p = math.exp(y - m) / (math.exp(y - m) + math.exp(n - m))
+                usage = Usage(prompt_tokens=self.backend.count_tokens(prompt))
+                if self.meter is not None:
+                    self.meter.add(usage)
+                return p, usage
         usage = Usage()
         yes = 0
         for _ in range(self.votes):
-            g = control.run(self.backend, messages, ThinkingBudget(0), Sampling(temperature=1.0, seed=None, max_answer_tokens=3))
+            g = await self.backend.sample(SampleSpec(tuple(messages), ThinkingBudget(0),
+                                                     Sampling(temperature=1.0, seed=None, max_answer_tokens=3)))
             usage = usage + g.usage
             yes += g.answer.strip().lower().startswith("yes")
+        if self.meter is not None:
+            self.meter.add(usage)
         return yes / self.votes, usage
 
 
@@ -67,8 +77,8 @@ class OutcomeJudge:
     judge: YesNoJudge
     name: str = "judge"
 
-    def verify(self, question: str, answer: str, extracted: str | None) -> Verdict:
-        p, usage = self.judge.p_yes(outcome_prompt(question, answer))
+    async def averify(self, question: str, answer: str, extracted: str | None) -> Verdict:
+        p, usage = await self.judge.p_yes(outcome_prompt(question, answer))
         passed = p >= self.judge.threshold
         return Verdict(score=p, passed=passed, usage=usage,
                        feedback="" if passed else f"a grader judged this answer likely wrong (P(correct)={p:.2f})")
@@ -81,5 +91,5 @@ class StepJudge:
     judge: YesNoJudge
     name: str = "prm"
 
-    def score_steps(self, question: str, steps: list[str]) -> tuple[float, Usage]:
-        return self.judge.p_yes(step_prompt(question, steps))
+    async def score_steps(self, question: str, steps: list[str]) -> tuple[float, Usage]:
+        return await self.judge.p_yes(step_prompt(question, steps))

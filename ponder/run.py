@@ -1,0 +1,486 @@
+"""One request from plan to ledger.
+
+A :class:`Run` owns a planned request for its whole life:
+
+1. opens its ledger row (write-ahead: a crash leaves an ``interrupted`` row
+   with what had been streamed, flushed every ``ledger.flush_interval_s``);
+2. runs the plan's strategy for every choice — on the lane, then on its
+   ``fallbacks`` (an upstream error, timeout or 5xx before any content
+   reached the client moves the request on; connection errors are first
+   retried with jittered backoff) — under the request's deadline;
+3. turns the strategy's sample events into client events (live deltas for
+   strategies that stream one sample, progress otherwise; summaries in
+   summary mode);
+4. builds the :class:`Outcome`, prices every attempt with the one pricing
+   function, and writes the ledger row and the metrics **exactly once**,
+   whatever way the request ends: success, client error, engine or upstream
+   error, timeout, deadline, disconnect, shutdown.
+
+The gateway (SSE or JSON) and the CLI are thin adapters that read
+:attr:`Run.events`; the lab runs strategies through the same pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from ponder.errors import (
+    BackendError,
+    Cancelled,
+    DeadlineExceeded,
+    PonderError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
+from ponder.pricing import price
+from ponder.strategies import get_strategy
+from ponder.strategies.base import Meter, StrategyRequest, StrategyResult
+from ponder.strategies.sampling import Counter
+from ponder.thinking.machine import AnswerDelta, Event, ThinkingDelta
+from ponder.types import CancelToken, Deadline, Generation, Timings, TokenLogprob, Usage
+
+if TYPE_CHECKING:
+    from ponder.policy import Plan
+    from ponder.service import Ponder
+
+log = logging.getLogger("ponder.run")
+
+
+# -- what a run tells its adapter ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text of a choice as it is generated (or, for multi-sample strategies, the chosen sample at the end)."""
+
+    index: int
+    kind: str  # "thinking" | "answer"
+    text: str
+    used: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class SummaryEvent:
+    index: int
+    text: str
+    thinking_tokens: int
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    index: int
+    result: StrategyResult
+
+
+@dataclass(frozen=True)
+class Ended:
+    outcome: "Outcome"
+
+
+RunEvent = Delta | SummaryEvent | ChoiceEnd | Ended
+
+
+@dataclass
+class Attempt:
+    """One try of the request on one lane."""
+
+    lane: str
+    status: int
+    usage: Usage
+    cost_usd: float
+    seconds: float
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {"lane": self.lane, "status": self.status, "usage": self.usage.to_openai(),
+             "cost_usd": round(self.cost_usd, 10), "seconds": round(self.seconds, 4)}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class Outcome:
+    """Everything a response, a ledger row and the metrics need about one request."""
+
+    id: str
+    created: int
+    plan: "Plan"
+    model: str
+    results: list[StrategyResult]
+    usage: Usage
+    cost_usd: float
+    timings: Timings
+    status: int = 200
+    error: PonderError | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    #: why the strategy stopped early ("deadline", "cancelled"), if it did
+    stopped: str | None = None
+    key: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == 200
+
+    @property
+    def lane(self) -> str:
+        return self.attempts[-1].lane if self.attempts else self.plan.lane.name
+
+
+class Run:
+    """One request: plan -> strategy -> outcome -> ledger and metrics (see the module docstring)."""
+
+    def __init__(self, service: "Ponder", plan: "Plan", *, request_id: str | None = None, key: str | None = None,
+                 cancel: CancelToken | None = None, queue_s: float = 0.0,
+                 on_end: Callable[[Outcome], Awaitable[None] | None] | None = None,
+                 stream: bool = False, started: float | None = None) -> None:
+        self.service = service
+        self.plan = plan
+        self.id = request_id or "chatcmpl-" + uuid.uuid4().hex[:24]
+        self.key = key
+        self.cancel = cancel or CancelToken()
+        self.queue_s = queue_s
+        self.stream = stream
+        self.t0 = started if started is not None else time.perf_counter()
+        self.created = int(time.time())
+        self.deadline = Deadline.after(plan.deadline_s)
+        self.events: asyncio.Queue[RunEvent] = asyncio.Queue()
+        self.sent_content = False
+        self.outcome: Outcome | None = None
+        self._on_end = on_end
+        self._meters: list[Meter] = []
+        self._first_token: float | None = None
+        self._first_answer: float | None = None
+        self._live_used: dict[tuple[int, int], int] = {}
+        self._summary_tasks: set[asyncio.Task] = set()
+        self._summaries: list[tuple[Usage, float]] = []
+        self._summary_state: dict[int, dict] = {}
+        self._accounted = False
+
+    # -- live figures (progress chunks, write-ahead flushes, shedding) ---------------
+    @property
+    def thinking_tokens_now(self) -> int:
+        return sum(self._live_used.values())
+
+    def spent(self) -> Usage:
+        total = Usage()
+        for m in self._meters:
+            total = total + m.total()
+        return total
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    # -- the run -----------------------------------------------------------------------
+    async def execute(self) -> Outcome:
+        """Run to the end.  Never raises: failures are in the outcome (and an :class:`Ended` event)."""
+        ledger = self.service.ledger
+        ledger.open(self._row(status="running"))
+        flusher = asyncio.ensure_future(self._flush_loop())
+        attempts: list[Attempt] = []
+        results: list[StrategyResult] = []
+        error: PonderError | None = None
+        status = 200
+        plan_used = self.plan
+        try:
+            if self.deadline is not None:
+                # a hard stop: the deadline cuts thinking, the answer gets its grace, then everything ends
+                hard = self.deadline.left() + self.service.config.server.answer_grace_s + 2.0
+                try:
+                    results, plan_used = await asyncio.wait_for(self._attempts(attempts), max(0.1, hard))
+                except asyncio.TimeoutError:
+                    self.cancel.cancel("deadline")
+                    raise DeadlineExceeded("the request's deadline passed") from None
+            else:
+                results, plan_used = await self._attempts(attempts)
+            if self.cancel.cancelled and self.cancel.why() == "cancelled":
+                status = 499
+                error = Cancelled("the client went away")
+            elif self.deadline is not None and self.deadline.passed and \
+                    not any(r.usage.completion_tokens for r in results):
+                status, error = 504, DeadlineExceeded("the request's deadline passed before anything was generated")
+            await self._final_summaries(results)
+        except asyncio.CancelledError:
+            status, error = 499, Cancelled("the request was cancelled (shutdown or client gone)")
+            self.cancel.cancel()
+        except PonderError as exc:
+            status, error = exc.status, exc
+        except Exception as exc:  # a bug: logged with the request id, reported as a 500
+            log.exception("request %s failed", self.id)
+            status, error = 500, PonderError("internal error in ponder (see the server log)")
+            error.status, error.type, error.code = 500, "server_error", "internal_error"  # type: ignore[misc]
+        finally:
+            flusher.cancel()
+            for t in list(self._summary_tasks):
+                t.cancel()
+            outcome = self._build(plan_used, results, attempts, status, error)
+            self.outcome = outcome
+            await self._account(outcome)
+            self.events.put_nowait(Ended(outcome))
+        return outcome
+
+    async def _attempts(self, attempts: list[Attempt]) -> tuple[list[StrategyResult], "Plan"]:
+        lanes = [self.plan.lane.name, *self.plan.lane.fallbacks]
+        last_error: PonderError | None = None
+        for li, lane_name in enumerate(lanes):
+            plan = self.plan if li == 0 else replace(self.plan, lane=self.service.config.lane(lane_name))
+            tries = plan.lane.retries + 1
+            for t in range(tries):
+                meter = Meter()
+                self._meters.append(meter)
+                t_att = time.perf_counter()
+                try:
+                    results = await self._choices(plan, meter)
+                except PonderError as exc:
+                    usage = meter.total()
+                    attempts.append(Attempt(plan.lane.name, exc.status, usage, price(usage, plan.lane.prices),
+                                            time.perf_counter() - t_att, exc.message))
+                    log.warning("request %s: attempt on lane %s failed: %s", self.id, plan.lane.name, exc.message)
+                    last_error = exc
+                    if self.sent_content or self.cancel.cancelled or (self.deadline and self.deadline.passed):
+                        raise
+                    if exc.retryable and t + 1 < tries:
+                        await asyncio.sleep(plan.lane.retry_backoff_s * (2 ** t) * (0.5 + random.random()))
+                        continue
+                    if isinstance(exc, (BackendError, UpstreamTimeout, UpstreamRateLimited)) and li + 1 < len(lanes):
+                        break  # on to the next lane
+                    raise
+                usage = sum((r.usage for r in results), Usage())
+                status = 499 if self.cancel.cancelled and self.cancel.why() == "cancelled" else 200
+                attempts.append(Attempt(plan.lane.name, status, usage, self._cost_of(plan, results),
+                                        time.perf_counter() - t_att))
+                return results, plan
+        assert last_error is not None
+        raise last_error
+
+    async def _choices(self, plan: "Plan", meter: Meter) -> list[StrategyResult]:
+        backend = await self.service.backend_async(plan.lane)
+        strategy = get_strategy(plan.strategy)
+        live = strategy.info.streams_live and plan.escalation is None
+
+        async def choice(i: int) -> StrategyResult:
+            sink = _ChoiceSink(self, i, live, plan)
+            request = self.service.strategy_request(plan, self.cancel, seed_offset=i * 10007 if i else 0,
+                                                    deadline=self.deadline, meter=meter, sink=sink)
+            if plan.escalation is not None:
+                from ponder.routing.cascade import run_cascade
+
+                result = await run_cascade(self.service, plan, request, i, self.deadline, meter)
+            else:
+                result = await strategy.run(request, backend, plan.strategy_params)
+            if not live:
+                self._replay_chosen(i, result)
+            self.events.put_nowait(ChoiceEnd(i, result))
+            return result
+
+        tasks = [asyncio.ensure_future(choice(i)) for i in range(plan.n)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            self.cancel.cancel("failed")
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def _replay_chosen(self, i: int, result: StrategyResult) -> None:
+        """Strategies that pick among samples stream their chosen sample once it is chosen."""
+        g = result.chosen
+        if g.thinking:
+            self._emit(Delta(i, "thinking", g.thinking, g.thinking_report.used))
+        if g.answer:
+            self._emit(Delta(i, "answer", g.answer, g.thinking_report.used, tuple(g.answer_logprobs())))
+
+    # -- events ------------------------------------------------------------------------
+    def _emit(self, ev: RunEvent) -> None:
+        if isinstance(ev, Delta):
+            now = self.elapsed()
+            if self._first_token is None:
+                self._first_token = now
+            if ev.kind == "answer" and self._first_answer is None:
+                self._first_answer = now
+            if ev.kind == "answer" or self.plan.visibility == "visible":
+                self.sent_content = True
+        self.events.put_nowait(ev)
+
+    def _sample_event(self, index: int, sid: int, ev: Event, live: bool) -> None:
+        if isinstance(ev, ThinkingDelta):
+            self._live_used[(index, sid)] = ev.used
+            if self._first_token is None:
+                self._first_token = self.elapsed()
+        if not live:
+            return
+        if isinstance(ev, ThinkingDelta):
+            self._emit(Delta(index, "thinking", ev.text, ev.used))
+            if self.plan.visibility == "summary" and self.stream:
+                self._maybe_summarize(index, ev)
+        elif isinstance(ev, AnswerDelta):
+            self._emit(Delta(index, "answer", ev.text, self._live_used.get((index, sid), 0), ev.logprobs))
+
+    # -- summaries ---------------------------------------------------------------------
+    def _maybe_summarize(self, index: int, ev: ThinkingDelta) -> None:
+        st = self._summary_state.setdefault(index, {"text": "", "last": 0, "busy": False})
+        st["text"] += ev.text
+        every = self.service.config.server.summary_every_tokens
+        if ev.used - st["last"] < every or st["busy"]:
+            return
+        st["last"] = ev.used
+        st["busy"] = True
+        text, used = st["text"], ev.used
+
+        async def job() -> None:
+            try:
+                summary, usage, cost = await self.service.summarize(text, cancel=self.cancel, tokens=used)
+                self._summaries.append((usage, cost))
+                self.events.put_nowait(SummaryEvent(index, summary, used))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a failed summary never fails the request
+                log.warning("request %s: summary failed: %s", self.id, exc)
+            finally:
+                st["busy"] = False
+
+        task = asyncio.ensure_future(job())
+        self._summary_tasks.add(task)
+        task.add_done_callback(self._summary_tasks.discard)
+
+    async def _final_summaries(self, results: list[StrategyResult]) -> None:
+        # streamed summaries still running: let them land (they are short)
+        if self._summary_tasks:
+            await asyncio.wait(list(self._summary_tasks), timeout=30)
+        if self.plan.visibility != "summary" or self.stream:
+            return
+        for r in results:
+            if r.chosen.thinking:
+                text, usage, cost = await self.service.summarize(r.chosen.thinking, cancel=self.cancel,
+                                                                 tokens=r.chosen.thinking_report.used)
+                self._summaries.append((usage, cost))
+                r.extra["summary"] = text
+
+    # -- accounting ----------------------------------------------------------------------
+    def _cost_of(self, plan: "Plan", results: list[StrategyResult]) -> float:
+        total = 0.0
+        for r in results:
+            # a cascade priced each of its attempts at its own lane
+            total += r.extra["cost_usd"] if "cost_usd" in r.extra else price(r.usage, plan.lane.prices)
+        return total
+
+    def _build(self, plan: "Plan", results: list[StrategyResult], attempts: list[Attempt], status: int,
+               error: PonderError | None) -> Outcome:
+        usage = plan.overhead
+        cost = price(plan.overhead, plan.lane.prices)
+        for a in attempts:
+            usage = usage + a.usage
+            cost += a.cost_usd
+        if not attempts:
+            # failed before any attempt finished (or was cancelled mid-way): bill what the meters saw
+            spent = self.spent()
+            usage = usage + spent
+            cost += price(spent, plan.lane.prices)
+            if spent.total_tokens or error is not None:
+                attempts.append(Attempt(plan.lane.name, status, spent, price(spent, plan.lane.prices),
+                                        self.elapsed(), error.message if error else None))
+        summaries = Usage()
+        s_cost = 0.0
+        for u, c in self._summaries:
+            summaries = summaries + u
+            s_cost += c
+        extra: dict[str, Any] = {}
+        if self._summaries:
+            extra["summaries"] = {"count": len(self._summaries), "prompt_tokens": summaries.prompt_tokens,
+                                  "completion_tokens": summaries.completion_tokens, "cost_usd": round(s_cost, 10)}
+        cascades = [r.extra["cascade"] for r in results if "cascade" in r.extra]
+        if cascades:
+            extra["cascade"] = cascades[0] if len(cascades) == 1 else cascades
+        if plan.degraded:
+            extra["degraded"] = plan.degraded
+        if plan.clamped:
+            extra["clamped"] = plan.clamped
+        if len(attempts) > 1 or (attempts and attempts[-1].lane != self.plan.lane.name):
+            extra["attempts"] = [a.to_dict() for a in attempts]
+        stopped = next((r.stopped for r in results if r.stopped), None)
+        if stopped and status == 200:
+            extra["stopped"] = stopped
+        first = results[0].chosen.timings if results else Timings()
+        queue_s = self.queue_s + (first.queue_s or 0.0)
+        timings = Timings(queue_s=queue_s, ttft_s=self._first_token, time_to_answer_s=self._first_answer,
+                          total_s=self.elapsed())
+        backend = self.service.cached_backend(plan.lane)
+        return Outcome(
+            id=self.id, created=self.created, plan=plan, model=backend.info.model if backend else plan.lane.name,
+            results=results, usage=usage, cost_usd=cost + s_cost, timings=timings, status=status, error=error,
+            attempts=attempts, stopped=stopped, key=self.key, extra=extra,
+        )
+
+    async def _account(self, outcome: Outcome) -> None:
+        """Ledger row and metrics, exactly once."""
+        if self._accounted:
+            return
+        self._accounted = True
+        try:
+            self.service.ledger.complete(self._row(outcome=outcome))
+        except Exception:  # the ledger must never take a response down; it logs its own trouble
+            log.exception("request %s: ledger write failed", self.id)
+        if self.service.metrics is not None:
+            self.service.metrics.record(outcome)
+        if self._on_end is not None:
+            r = self._on_end(outcome)
+            if asyncio.iscoroutine(r):
+                await r
+
+    def _row(self, *, status: str | None = None, outcome: Outcome | None = None) -> dict:
+        plan = outcome.plan if outcome else self.plan
+        row: dict[str, Any] = {
+            "id": self.id, "key": self.key, "lane": outcome.lane if outcome else plan.lane.name,
+            "model": outcome.model if outcome else (plan.lane.model or plan.lane.upstream_model or plan.lane.name),
+            "strategy": plan.strategy, "started": self.created,
+        }
+        if outcome is None:
+            row.update(status=status, usage=Usage().to_dict(), cost_usd=0.0)
+            return row
+        u = outcome.usage
+        first = outcome.results[0].chosen.thinking_report if outcome.results else None
+        row.update(
+            status="ok" if outcome.status == 200 else ("cancelled" if outcome.status == 499 else "error"),
+            http_status=outcome.status, usage=u.to_dict(), cost_usd=outcome.cost_usd,
+            timings=outcome.timings.to_dict(), samples=sum(r.n_samples for r in outcome.results),
+            thinking={"budget": plan.budget.max_tokens, "used": first.used, "stopped": first.stopped} if first else None,
+            error=outcome.error.message if outcome.error else None,
+            attempts=[a.to_dict() for a in outcome.attempts] if len(outcome.attempts) > 1 else None,
+        )
+        return row
+
+    async def _flush_loop(self) -> None:
+        interval = self.service.config.ledger.flush_interval_s
+        last = None
+        while True:
+            await asyncio.sleep(interval)
+            spent = self.spent()
+            if spent != last:
+                last = spent
+                self.service.ledger.progress(self.id, spent, price(spent, self.plan.lane.prices))
+
+
+class _ChoiceSink:
+    """Where one choice's sample events go."""
+
+    def __init__(self, run: Run, index: int, live: bool, plan: "Plan") -> None:
+        self.run, self.index, self.live = run, index, live
+
+    def sample_event(self, sid: int, event: Event) -> None:
+        self.run._sample_event(self.index, sid, event, self.live)
+
+    def sample_done(self, sid: int, generation: Generation) -> None:
+        self.run._live_used[(self.index, sid)] = generation.usage.thinking_tokens
+
+
+def new_counter() -> Counter:
+    return Counter()

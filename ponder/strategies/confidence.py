@@ -1,0 +1,1 @@
+"""Confidence-aware strategies (DeepConf-style); filled in by the answers work."""
