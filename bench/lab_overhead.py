@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ponder.backends.llama_cpp import LlamaCppBackend
 from ponder.backends.models import model_label
-from ponder.lab.cli import build_bench_config
+from ponder.lab.config import build_bench_config
 from ponder.lab.report import write_all
 from ponder.lab.results import build_results
 from ponder.lab.runner import RUN, run_bench

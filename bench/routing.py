@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ponder.lab.cli import build_bench_config
+from ponder.lab.config import build_bench_config
 from ponder.lab.runner import run_bench
 from ponder.routing import calibrate, classifier
 from ponder.routing.classifier import ClassifierRouter

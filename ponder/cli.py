@@ -318,8 +318,21 @@ def serve(host, port, config_path, model, policy_path, threads, log_level, log_j
     service.backend(lane)
     app = create_app(service, tenancy=tenancy)
     click.echo(f"ponder: serving on http://{host}:{port}/v1", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
-                timeout_graceful_shutdown=int(max(1, config.server.drain_s)))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           access_log=log_level == "debug",
+                                           timeout_graceful_shutdown=int(config.server.drain_s + 12)))
+    exit_handler = server.handle_exit
+
+    def handle_exit(sig, frame) -> None:
+        # SIGTERM/SIGINT: drain in-flight requests (then cancel and account them) before uvicorn closes connections
+        try:
+            app.state.begin_drain()
+        except RuntimeError:  # no running loop yet (signal during start-up)
+            pass
+        exit_handler(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
 
 
 def _check_port(host: str, port: int) -> None:

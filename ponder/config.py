@@ -138,10 +138,9 @@ class ThinkingConfig(_Strict):
 
     @model_validator(mode="after")
     def _caps_within_max(self) -> "ThinkingConfig":
-        try:
-            self.effort_table().validate()
-        except Exception as exc:
-            raise ValueError(getattr(exc, "message", str(exc))) from None
+        for name, cap in self.efforts.items():
+            if cap > self.max_budget:
+                raise ValueError(f"efforts.{name}: {cap} exceeds thinking.max_budget ({self.max_budget})")
         return self
 
     def effort_table(self) -> EffortTable:
@@ -387,8 +386,12 @@ def config_from_dict(data: dict, *, source: str = "config") -> PonderConfig:
         return PonderConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        key = ".".join(str(x) for x in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        if key == "(top level)" and ": " in msg and msg.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum():
-            key, msg = msg.split(": ", 1)
+        head, sep, rest = msg.partition(": ")
+        if sep and head.replace(".", "").replace("_", "").isalnum() and "." in head:
+            # a validator that names the exact key: lanes.0.effort, efforts.high
+            key, msg = (head if head.split(".")[0] in ("lanes", "thinking", "server", "auth", "state", "ledger")
+                        or not key else f"{key}.{head}"), rest
+        key = key or "(top level)"
         raise ConfigError(f"{key}: {msg} (in {source})", param=key) from None

@@ -35,6 +35,7 @@ from ponder.errors import (
     Cancelled,
     DeadlineExceeded,
     PonderError,
+    ShuttingDown,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
@@ -184,7 +185,7 @@ class Run:
         """Run to the end.  Never raises: failures are in the outcome (and an :class:`Ended` event)."""
         ledger = self.service.ledger
         ledger.open(self._row(status="running"))
-        flusher = asyncio.ensure_future(self._flush_loop())
+        self.service.running.add(self)
         attempts: list[Attempt] = []
         results: list[StrategyResult] = []
         error: PonderError | None = None
@@ -204,12 +205,17 @@ class Run:
             if self.cancel.cancelled and self.cancel.why() == "cancelled":
                 status = 499
                 error = Cancelled("the client went away")
+            elif self.cancel.cancelled and self.cancel.why() == "shutdown":
+                status, error = 503, ShuttingDown("the gateway shut down before this request finished")
             elif self.deadline is not None and self.deadline.passed and \
                     not any(r.usage.completion_tokens for r in results):
                 status, error = 504, DeadlineExceeded("the request's deadline passed before anything was generated")
             await self._final_summaries(results)
         except asyncio.CancelledError:
-            status, error = 499, Cancelled("the request was cancelled (shutdown or client gone)")
+            if self.cancel.why() == "shutdown":
+                status, error = 503, ShuttingDown("the gateway shut down before this request finished")
+            else:
+                status, error = 499, Cancelled("the request was cancelled")
             self.cancel.cancel()
         except PonderError as exc:
             status, error = exc.status, exc
@@ -218,7 +224,7 @@ class Run:
             status, error = 500, PonderError("internal error in ponder (see the server log)")
             error.status, error.type, error.code = 500, "server_error", "internal_error"  # type: ignore[misc]
         finally:
-            flusher.cancel()
+            self.service.running.discard(self)
             for t in list(self._summary_tasks):
                 t.cancel()
             outcome = self._build(plan_used, results, attempts, status, error)
@@ -265,10 +271,12 @@ class Run:
         backend = await self.service.backend_async(plan.lane)
         strategy = get_strategy(plan.strategy)
         live = strategy.info.streams_live and plan.escalation is None
+        # the attempt's own token: a failed choice stops its siblings without cancelling the request
+        cancel = self.cancel.child()
 
         async def choice(i: int) -> StrategyResult:
             sink = _ChoiceSink(self, i, live, plan)
-            request = self.service.strategy_request(plan, self.cancel, seed_offset=i * 10007 if i else 0,
+            request = self.service.strategy_request(plan, cancel, seed_offset=i * 10007 if i else 0,
                                                     deadline=self.deadline, meter=meter, sink=sink)
             if plan.escalation is not None:
                 from ponder.routing.cascade import run_cascade
@@ -281,11 +289,17 @@ class Run:
             self.events.put_nowait(ChoiceEnd(i, result))
             return result
 
+        if plan.n == 1:
+            try:
+                return [await choice(0)]
+            except BaseException:
+                cancel.cancel("failed")
+                raise
         tasks = [asyncio.ensure_future(choice(i)) for i in range(plan.n)]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
-            self.cancel.cancel("failed")
+            cancel.cancel("failed")
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -307,8 +321,8 @@ class Run:
                 self._first_token = now
             if ev.kind == "answer" and self._first_answer is None:
                 self._first_answer = now
-            if ev.kind == "answer" or self.plan.visibility == "visible":
-                self.sent_content = True
+            if self.stream and (ev.kind == "answer" or self.plan.visibility == "visible"):
+                self.sent_content = True  # a streamed client has content now: no fallback can take it back
         self.events.put_nowait(ev)
 
     def _sample_event(self, index: int, sid: int, ev: Event, live: bool) -> None:
@@ -449,7 +463,8 @@ class Run:
         u = outcome.usage
         first = outcome.results[0].chosen.thinking_report if outcome.results else None
         row.update(
-            status="ok" if outcome.status == 200 else ("cancelled" if outcome.status == 499 else "error"),
+            status="ok" if outcome.status == 200 else ("cancelled" if outcome.status in (499, 503) and
+                                                         self.cancel.cancelled else "error"),
             http_status=outcome.status, usage=u.to_dict(), cost_usd=outcome.cost_usd,
             timings=outcome.timings.to_dict(), samples=sum(r.n_samples for r in outcome.results),
             thinking={"budget": plan.budget.max_tokens, "used": first.used, "stopped": first.stopped} if first else None,
@@ -458,15 +473,12 @@ class Run:
         )
         return row
 
-    async def _flush_loop(self) -> None:
-        interval = self.service.config.ledger.flush_interval_s
-        last = None
-        while True:
-            await asyncio.sleep(interval)
-            spent = self.spent()
-            if spent != last:
-                last = spent
-                self.service.ledger.progress(self.id, spent, price(spent, self.plan.lane.prices))
+    def flush(self) -> None:
+        """Write what this run has spent so far to its ledger row (write-ahead accounting)."""
+        spent = self.spent()
+        if spent != getattr(self, "_flushed", None):
+            self._flushed = spent
+            self.service.ledger.progress(self.id, spent, price(spent, self.plan.lane.prices))
 
 
 class _ChoiceSink:

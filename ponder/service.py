@@ -62,6 +62,9 @@ class Ponder:
         self.router = None
         self.ledger = ledger if ledger is not None else open_ledger(config.ledger)
         self.metrics = metrics
+        #: runs in flight (their spend is flushed to the ledger every ``ledger.flush_interval_s``)
+        self.running: set = set()
+        self._flusher: asyncio.Task | None = None
         if policy is not None:
             policy.check_against(config)
             fast = config.lane(policy.lane_name(policy.bands[0], config))
@@ -92,6 +95,8 @@ class Ponder:
 
     async def aclose(self) -> None:
         """Close engines, HTTP clients, the math-verify pool and the ledger (the lifespan hook calls this)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
         for b in self.backends():
             try:
                 await b.aclose()
@@ -226,7 +231,23 @@ class Ponder:
         )
 
     def run(self, plan: Plan, **kw) -> Run:
+        if self._flusher is None or self._flusher.done():
+            try:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+            except RuntimeError:  # no loop (a synchronous caller): nothing to flush in the background
+                pass
         return Run(self, plan, **kw)
+
+    async def _flush_loop(self) -> None:
+        """One ticker for every running request: write-ahead accounting without a task per request."""
+        interval = self.config.ledger.flush_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            for run in list(self.running):
+                try:
+                    run.flush()
+                except Exception:  # pragma: no cover - accounting trouble is logged by the ledger
+                    pass
 
     async def ask(self, plan: Plan, **kw):
         """Run a plan to its outcome (the CLI's and the library's one-call path)."""

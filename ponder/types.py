@@ -117,7 +117,9 @@ class Usage:
         }
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
+                "thinking_tokens": self.thinking_tokens, "answer_tokens": self.answer_tokens,
+                "tool_tokens": self.tool_tokens}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Usage":
@@ -151,7 +153,9 @@ class Timings:
     total_s: float = 0.0
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        r = lambda v: round(v, 6) if isinstance(v, float) else v  # noqa: E731
+        return {"queue_s": r(self.queue_s), "ttft_s": r(self.ttft_s), "time_to_answer_s": r(self.time_to_answer_s),
+                "total_s": r(self.total_s)}
 
 
 @dataclass(frozen=True)
@@ -197,26 +201,61 @@ class Generation:
 
 
 class CancelToken:
-    """Set by whoever wants a generation to stop (a disconnected client, a strategy)."""
+    """Set by whoever wants a generation to stop (a disconnected client, a strategy, shutdown).
+
+    Thread-safe.  Children fire with their parent (one sample of many can be
+    stopped alone); callbacks run once, on the thread that cancels, so an
+    async waiter should hop to its loop with ``call_soon_threadsafe``.
+    """
 
     def __init__(self, parent: "CancelToken | None" = None) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list = []
+        self._children: list["CancelToken"] = []
         self._parent = parent
         self.reason: str = "cancelled"
+        if parent is not None:
+            with parent._lock:
+                parent._children.append(self)
+            if parent.cancelled:
+                self.cancel(parent.why())
 
     def cancel(self, reason: str = "cancelled") -> None:
-        if not self._event.is_set():
+        with self._lock:
+            if self._event.is_set():
+                return
             self.reason = reason
-        self._event.set()
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+            children = list(self._children)
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:  # a waiter's problem must not stop the others
+                pass
+        for c in children:
+            c.cancel(reason)
+
+    def on_cancel(self, callback) -> None:
+        """Run ``callback()`` when this token fires (at once if it already has)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def remove_callback(self, callback) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set() or (self._parent is not None and self._parent.cancelled)
+        return self._event.is_set()
 
     def why(self) -> str:
-        if self._event.is_set():
-            return self.reason
-        return self._parent.why() if self._parent is not None else self.reason
+        return self.reason
 
     def child(self) -> "CancelToken":
         """A token that fires with this one but can also be fired on its own (one sample of many)."""

@@ -262,7 +262,10 @@ def test_strategy_through_the_gateway(client):
         extra_body={"max_thinking_tokens": 16, "ponder": {"strategy": "self-consistency", "params": {"n": 3}}})
     p = r.model_extra["ponder"]
     assert p["strategy"] == "self-consistency" and p["samples"] == 3
-    assert "majority of 3" in p["decision"] and 0 < p["confidence"] <= 1
+    import re
+
+    won = int(re.search(r"won (\d+) of 3", p["decision"]).group(1))
+    assert p["confidence"] == pytest.approx(won / 3)
     assert r.usage.completion_tokens_details.reasoning_tokens <= 3 * 16
     stream = client.chat.completions.create(
         model="default", messages=Q, max_tokens=12, seed=3, stream=True, stream_options={"include_usage": True},

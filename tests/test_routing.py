@@ -57,10 +57,9 @@ def test_classifier_learns_from_labels_and_round_trips_through_json(tmp_path):
         train(easy, [0] * len(easy))
 
 
-def test_shipped_classifier_loads():
+def test_shipped_classifier_ranks_a_word_problem_above_small_talk():
     router = build_router(RoutingPolicy(router="classifier", bands=[Band(max_score=1.0, lane="x")]), lambda: None)
-    s = router.score(msgs(WORD_PROBLEM)).score
-    assert 0.0 <= s <= 1.0
+    assert router.score(msgs(WORD_PROBLEM)).score > router.score(msgs("hi")).score
 
 
 def test_llm_router_parses_a_digit_and_falls_back_otherwise():
@@ -315,7 +314,7 @@ def test_shedder_degrades_new_requests_and_rejects_past_the_ceiling():
     assert first.degraded is None and reserved == first.budget.max_tokens
     second, r2 = shed.admit(plan(s, model="reasoning", reasoning_effort="high"), waiting=0)
     assert second.degraded["from"] == "high" and second.degraded["to"] == "medium"
-    assert first.budget.effort == "high", "admitted requests are never cut"
+    assert second.budget.max_tokens == table.caps["medium"]
     with pytest.raises(Overloaded):
         shed.admit(plan(s, model="reasoning", reasoning_effort="high"), waiting=0)
     shed.release(reserved)

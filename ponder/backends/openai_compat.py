@@ -1,7 +1,8 @@
 """OpenAI-compatible upstreams: vLLM, SGLang, llama-server, Ollama, hosted APIs.
 
-Calls run on the event loop through one pooled async HTTP client per loop
-(keep-alive), so the gateway's hot path has no thread hop.  Thinking arrives
+Calls run on the event loop through one pool of keep-alive connections per
+loop (:mod:`ponder.backends.http`), so the gateway's hot path has no thread
+hop and no general-purpose client in the way.  Thinking arrives
 in one of three shapes, all handled:
 
 * ``delta.reasoning_content`` / ``message.reasoning_content`` (DeepSeek API,
@@ -31,9 +32,8 @@ import os
 import re
 from typing import Any, Callable, Sequence
 
-import httpx
-
 from ponder.backends.base import Backend, BackendInfo, SampleSpec
+from ponder.backends.http import ConnectFailed, ConnectionCut, HttpPool, Response
 from ponder.errors import (
     BackendError,
     InvalidRequest,
@@ -134,9 +134,9 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
                                 logprobs=True, response_format=response_format)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout_s = timeout_s
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._max_idle = max_connections
         self._no_think_body = no_think_body if no_think_body is not None else {}
-        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._pools: dict[int, HttpPool] = {}
 
     @classmethod
     def from_lane(cls, lane) -> "OpenAICompatBackend":
@@ -148,15 +148,14 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
             no_think_body=dict(lane.no_think_body),
         )
 
-    def _client(self) -> httpx.AsyncClient:
-        """One pooled client per event loop (the gateway has one; tests and the CLI may make several)."""
+    def _pool(self) -> HttpPool:
+        """One connection pool per event loop (the gateway has one; tests and the CLI may make several)."""
         loop = asyncio.get_running_loop()
-        c = self._clients.get(id(loop))
-        if c is None or c.is_closed:
-            c = httpx.AsyncClient(base_url=self.base_url, headers=self._headers, limits=self._limits,
-                                  timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)))
-            self._clients[id(loop)] = c
-        return c
+        p = self._pools.get(id(loop))
+        if p is None or p.closed:
+            p = HttpPool(self.base_url, self._headers, max_idle=self._max_idle)
+            self._pools[id(loop)] = p
+        return p
 
     def count_tokens(self, text: str) -> int:
         return approx_tokens(text)
@@ -195,32 +194,57 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
         limit = self.timeout_s
         if spec.deadline is not None:
             limit = min(limit, max(0.05, spec.deadline.left() + 0.5))
+        if spec.cancel.cancelled:
+            return
+        # a cancel (the client left) or the deadline closes the connection at once: both cancel this task
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        fired = []
+
+        def fire() -> None:
+            def cancel_task() -> None:
+                if not fired and task is not None and not task.done():
+                    fired.append(True)
+                    task.cancel()
+            loop.call_soon_threadsafe(cancel_task)
+
+        spec.cancel.on_cancel(fire)
         try:
             async with asyncio.timeout(limit):
                 await self._stream(body, stats, on_piece)
         except TimeoutError:
             raise UpstreamTimeout(f"the upstream of lane {self.name!r} did not finish within {limit:g}s") from None
+        except asyncio.CancelledError:
+            if fired and task is not None and task.uncancel() == 0:
+                stats.finish_reason = stats.finish_reason or "cancelled"
+                return  # our own cancel: the stream is closed, the sample ends as cancelled
+            raise
+        finally:
+            spec.cancel.remove_callback(fire)
+            fired.append(True)  # a late callback must not cancel whatever this task does next
 
     async def _stream(self, body: dict, stats: StreamStats, on_piece: Callable[[ChatPiece], bool]) -> None:
         parser = DeltaParser()
-        client = self._client()
         try:
-            async with client.stream("POST", "/chat/completions", json=body) as resp:
-                if resp.status_code >= 400:
+            resp = await self._pool().post_json("/chat/completions", body)
+            async with resp:
+                if resp.status >= 400:
                     raise await self._http_error(resp)
                 ctype = resp.headers.get("content-type", "")
                 if "text/event-stream" not in ctype:
-                    raw = (await _read_some(resp))[:500]
+                    raw = (await resp.read(500)).decode("utf-8", errors="replace")
                     log.warning("lane %s: non-SSE reply (%s) to a streamed call: %r", self.name, ctype, raw)
                     raise BackendError(f"the upstream of lane {self.name!r} sent a non-streaming reply "
                                        "to a streamed call")
                 done = False
-                async for line in resp.aiter_lines():
+                async for line in resp.iter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         done = True
+                        async for _ in resp.iter_bytes():  # drain the terminator: the connection is reused
+                            pass
                         break
                     try:
                         obj = json.loads(data)
@@ -250,27 +274,21 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
                 for piece in parser.flush():
                     if not on_piece(piece):
                         return
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except ConnectFailed as exc:
             log.warning("lane %s: cannot connect to %s: %s", self.name, self.base_url, exc)
             raise UpstreamUnreachable(f"the upstream of lane {self.name!r} is unreachable") from None
-        except httpx.RemoteProtocolError as exc:
-            log.warning("lane %s: protocol error: %s", self.name, exc)
+        except ConnectionCut as exc:
+            log.warning("lane %s: %s", self.name, exc)
             if stats.finish_reason is None:
                 raise BackendError(f"the upstream stream of lane {self.name!r} was cut off") from None
-        except httpx.ReadError as exc:
-            log.warning("lane %s: read error: %s", self.name, exc)
-            raise BackendError(f"the upstream connection of lane {self.name!r} was reset") from None
-        except httpx.TimeoutException:
-            raise UpstreamTimeout(f"the upstream of lane {self.name!r} did not answer within {self.timeout_s:g}s") \
-                from None
-        except httpx.HTTPError as exc:
-            log.warning("lane %s: HTTP error: %s: %s", self.name, type(exc).__name__, exc)
-            raise BackendError(f"the upstream of lane {self.name!r} failed ({type(exc).__name__})") from None
 
-    async def _http_error(self, resp: httpx.Response) -> Exception:
-        raw = await _read_some(resp)
-        log.warning("lane %s: upstream answered %s: %r", self.name, resp.status_code, raw[:1000])
-        code = resp.status_code
+    async def _http_error(self, resp: Response) -> Exception:
+        try:
+            raw = (await resp.read(_MAX_ERROR_BODY)).decode("utf-8", errors="replace")
+        except ConnectionCut:
+            raw = ""
+        log.warning("lane %s: upstream answered %s: %r", self.name, resp.status, raw[:1000])
+        code = resp.status
         if code == 429:
             retry = _retry_after(resp.headers.get("retry-after"))
             return UpstreamRateLimited(f"the upstream of lane {self.name!r} is rate-limiting; retry shortly",
@@ -304,24 +322,12 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
         return prompt, cached, completion
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for c in clients:
+        pools, self._pools = list(self._pools.values()), {}
+        for p in pools:
             try:
-                await c.aclose()
+                await p.aclose()
             except RuntimeError:  # bound to a loop that is already closed
                 pass
-
-
-async def _read_some(resp: httpx.Response) -> str:
-    got = b""
-    try:
-        async for chunk in resp.aiter_bytes():
-            got += chunk
-            if len(got) >= _MAX_ERROR_BODY:
-                break
-    except httpx.HTTPError:
-        pass
-    return got[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
 
 
 def _retry_after(value: str | None) -> float:

@@ -11,26 +11,24 @@ import click
 from ponder.errors import ConfigError
 
 
-def _csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+class BenchGroup(click.Group):
+    """``ponder bench`` and its subcommands; ``routers`` lives with the routing code and is mounted on use."""
+
+    LAZY = {"routers": "ponder.routing.cli:routers_cmd"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in self.LAZY:
+            import importlib
+
+            module, _, attr = self.LAZY[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
 
 
-def _params(raw: tuple[str, ...]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for item in raw:
-        key, eq, value = item.partition("=")
-        strategy, dot, name = key.partition(".")
-        if not eq or not dot or not name:
-            raise ConfigError(f"{item!r} is not STRATEGY.KEY=VALUE (e.g. best-of-n.verifier=task)", param="--param")
-        import yaml
-
-        out.setdefault(strategy, {})[name] = yaml.safe_load(value)
-    return out
-
-
-@click.group("bench", invoke_without_command=True)
+@click.group("bench", cls=BenchGroup, invoke_without_command=True)
 @click.option("--suite", type=str, help="A named suite: smoke (minutes) or standard (a broader mix).")
 @click.option("--task", "tasks", multiple=True, metavar="NAME[:k=v,...]",
               help="A reasoning-gym family with difficulty knobs, e.g. basic_arithmetic:min_terms=3; repeatable.")
@@ -96,48 +94,6 @@ def bench_cmd(ctx: click.Context, **opts) -> None:
     run(opts)
 
 
-def build_bench_config(opts: dict):
-    """A BenchConfig from command-line options; an absent option is an unset flag."""
-    from ponder.lab.config import BenchConfig
-    from ponder.lab.tasks import parse_number_list, suite
-
-    cfg = BenchConfig()
-    if opts.get("suite"):
-        s = suite(opts.get("suite"))
-        cfg.suite = s.name
-        cfg.tasks = list(s.tasks)
-        cfg.limit = s.limit
-        cfg.budgets = list(s.budgets)
-        cfg.strategies = list(s.strategies)
-        cfg.n = list(s.n)
-        cfg.answer_kind = s.answer_kind
-    if opts.get("tasks"):
-        cfg.tasks = list(opts.get("tasks"))
-    for key in ("data", "question_field", "answer_field", "id_field", "difficulty_field", "scorer", "on_bad_line",
-                "config_path", "limit", "seed", "concurrency", "temperature", "answer_tokens", "answer_kind"):
-        if opts.get(key) is not None:
-            setattr(cfg, key, opts[key])
-    if opts.get("latency_slo") is not None:
-        cfg.latency_slo_s = opts.get("latency_slo")
-    if opts.get("min_accuracy") is not None:
-        cfg.min_accuracy = opts.get("min_accuracy")
-    if opts.get("models"):
-        cfg.models = _csv(opts.get("models")) or []
-    if opts.get("efforts"):
-        cfg.efforts, cfg.budgets = _csv(opts.get("efforts")), None
-    if opts.get("budgets"):
-        cfg.budgets, cfg.efforts = parse_number_list(opts.get("budgets"), "--budgets"), None
-        if opts.get("efforts"):
-            raise ConfigError("give --efforts or --budgets, not both", param="--budgets")
-    if opts.get("strategies"):
-        cfg.strategies = _csv(opts.get("strategies")) or []
-    if opts.get("ns"):
-        cfg.n = parse_number_list(opts.get("ns"), "--n")
-    if opts.get("params"):
-        cfg.params = _params(opts.get("params"))
-    return cfg
-
-
 def run(opts: dict) -> None:
     import time
 
@@ -148,6 +104,8 @@ def run(opts: dict) -> None:
     out = Path(opts["out_dir"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     if opts["resume"] and not opts["out_dir"]:
         raise ConfigError("--resume needs the --out directory of the run to continue", param="--resume")
+    from ponder.lab.config import build_bench_config
+
     cfg = build_bench_config(opts) if not opts["resume"] else None
     if cfg is not None:
         cfg.validate()
@@ -171,9 +129,6 @@ def run(opts: dict) -> None:
         sys.exit(130)
 
 
-from ponder.routing.cli import routers_cmd  # noqa: E402
-
-bench_cmd.add_command(routers_cmd)
 
 
 @bench_cmd.command("compare")

@@ -91,7 +91,7 @@ def routers_cmd(run_dirs, fast_key, strong_key, names, models, limit, out_dir) -
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not run_dirs:
-        from ponder.lab.cli import build_bench_config
+        from ponder.lab.config import build_bench_config
         from ponder.lab.runner import run_bench
 
         cfg = build_bench_config({"suite": "mixed", "models": models, "limit": limit})

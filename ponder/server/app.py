@@ -27,7 +27,7 @@ import uuid
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -63,18 +63,33 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
     runs: dict[str, tuple[Run, asyncio.Task]] = {}
     state = {"draining": False}
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        yield
+    async def drain() -> None:
+        """Stop taking requests; give in-flight ones ``server.drain_s``; cancel the rest (still accounted)."""
         state["draining"] = True
         if runs:
             pending = [t for _, t in runs.values()]
-            done, not_done = await asyncio.wait(pending, timeout=server.drain_s)
+            _, not_done = await asyncio.wait(pending, timeout=server.drain_s)
             for run, task in list(runs.values()):
                 if not task.done():
                     run.cancel.cancel("shutdown")
             if not_done:
                 await asyncio.wait(not_done, timeout=10)
+
+    def begin_drain() -> None:
+        """Called from the SIGTERM handler: start draining on the event loop."""
+        if not state["draining"]:
+            state["draining"] = True
+            loop = asyncio.get_running_loop()
+            state["drain_task"] = loop.create_task(drain())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        task = state.get("drain_task")
+        if task is not None:
+            await task
+        else:
+            await drain()
         if tenancy is not None:
             await tenancy.aclose()
         await service.aclose()
@@ -85,6 +100,7 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
     app.state.shedder = shedder
     app.state.gate = gate
     app.state.runs = runs
+    app.state.begin_drain = begin_drain
 
     # -- errors: always an OpenAI body ---------------------------------------------------
     @app.exception_handler(PonderError)
@@ -147,7 +163,8 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # -- chat completions -------------------------------------------------------------------
-    @app.post("/v1/chat/completions", openapi_extra=_openapi_body())
+    # a plain Starlette route: FastAPI's parameter machinery has nothing to do here (ponder parses the body
+    # itself, with its limits) and costs time on the hot path; /openapi.json documents it all the same
     async def chat_completions(request: Request):
         t0 = time.perf_counter()
         rid = "chatcmpl-" + uuid.uuid4().hex[:24]
@@ -192,6 +209,10 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
             return await _stream(request, run, req, headers)
         return await _collect(request, run, task, headers)
 
+    from starlette.routing import Route
+
+    app.router.routes.insert(0, Route("/v1/chat/completions", chat_completions, methods=["POST"]))
+
     async def _collect(request: Request, run: Run, task: asyncio.Task, headers: dict) -> Response:
         watcher = asyncio.ensure_future(_watch_disconnect(request, run.cancel))
         try:
@@ -222,8 +243,8 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
         if isinstance(first, Ended) and first.outcome.error is not None and not run.sent_content:
             o = first.outcome
             return JSONResponse(o.error.to_openai(), status_code=o.status, headers={**headers, **o.error.headers()})
-        return StreamingResponse(_sse(run, req, first), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        return SSEResponse(_sse(run, req, first), run.cancel,
+                           {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
     async def _sse(run: Run, req: ChatCompletionRequest, first) -> AsyncIterator[bytes]:
         plan = run.plan
@@ -257,6 +278,8 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
             while True:
                 if pending:
                     ev = pending.pop(0)
+                elif not run.events.empty():
+                    ev = run.events.get_nowait()  # the common case: no timer, no task
                 else:
                     try:
                         ev = await asyncio.wait_for(run.events.get(), interval)
@@ -308,10 +331,16 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
             from fastapi.openapi.utils import get_openapi
 
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            comps = schema.setdefault("components", {}).setdefault("schemas", {})
-            for path in schema.get("paths", {}).values():
-                for op in path.values():
-                    comps.update(op.pop("x-components", {}) if isinstance(op, dict) else {})
+            body = _openapi_body()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("x-components"))
+            schema.setdefault("paths", {})["/v1/chat/completions"] = {"post": {
+                "summary": "Create a chat completion (OpenAI-compatible, with ponder's extensions)",
+                "operationId": "chat_completions", **body,
+                "responses": {"200": {"description": "a chat.completion, or an SSE stream of chunks",
+                                      "content": {"application/json": {"schema": {"type": "object"}},
+                                                  "text/event-stream": {"schema": {"type": "string"}}}},
+                              "4XX": {"description": "an OpenAI error body"},
+                              "5XX": {"description": "an OpenAI error body"}}}}
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -334,6 +363,37 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
             access.info(" ".join(f"{k}={v}" for k, v in rec.items() if v is not None))
 
     return app
+
+
+class SSEResponse:
+    """A server-sent-events response that stops its run when the client disconnects.
+
+    Lighter than Starlette's streaming response (no task group per
+    response): one task watches ``receive`` for the disconnect.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], cancel: CancelToken, headers: dict[str, str]) -> None:
+        self.chunks, self.cancel = chunks, cancel
+        self.headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + \
+            [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def watch() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    self.cancel.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await self.chunks.aclose()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -65,7 +65,8 @@ class Meter:
 
     def total(self) -> Usage:
         with self._lock:
-            u = Usage(**dataclasses.asdict(self.done))
+            d = self.done
+            u = Usage(d.prompt_tokens, d.cached_prompt_tokens, d.thinking_tokens, d.answer_tokens, d.tool_tokens)
             for t, a in self._live.values():
                 u.thinking_tokens += t
                 u.answer_tokens += a

@@ -33,12 +33,15 @@ class Single:
 
 def result_of_single(gen: Generation, answer_kind: str = "auto") -> StrategyResult:
     extracted = extract_answer(gen.answer, kind=answer_kind) if gen.answer else None
+    stopped = "deadline" if "deadline" in (gen.finish_reason, gen.thinking_report.stopped) else \
+        ("cancelled" if gen.finish_reason == "cancelled" else None)
     return StrategyResult(
         answer=gen.answer,
         chosen=gen,
         samples=[Sample(gen, extracted)],
         usage=gen.usage,
-        decision="single sample" + (f" (answer taken from the thinking)" if gen.answer_source == "thinking" else ""),
+        decision="single sample" + (" (answer taken from the thinking)" if gen.answer_source == "thinking" else ""),
+        stopped=stopped,
     )
 
 
