@@ -237,3 +237,50 @@ def test_batch_of_one_reproduces_llama_generate_token_for_token():
         llm.close()
     finally:
         b.close()
+
+
+def test_summaries_run_next_to_the_generation_without_disturbing_it():
+    """A summary shares the engine (batched with the main sequence) and leaves the main sequence intact.
+
+    Batching changes floating-point accumulation order, so greedy texts may part ways at a near-tie; up to
+    that point every token and its log-probability must be the same as without summaries (a corrupted KV
+    or a mixed-up sequence would show at once).
+    """
+    from ponder.config import PonderConfig
+    from ponder.service import Ponder
+
+    b = LlamaCppBackend(None, n_ctx=2048)
+    try:
+        service = Ponder(PonderConfig(lanes=[{"name": "default", "n_ctx": 2048}], ledger={"url": "off"}),
+                         backends={"default": b})
+        spec = SampleSpec((Message("user", "Explain step by step why the sky is blue."),),
+                          ThinkingBudget(128, min_tokens=128), Sampling(temperature=0.0, max_answer_tokens=16))
+
+        async def main():
+            alone = await b.sample(spec)
+            summaries = []
+
+            async def summarize_while_it_thinks(task):
+                while not task.done():
+                    await asyncio.sleep(0.15)
+                    text, usage, _ = await service.summarize("The user asks about the sky. Blue light scatters "
+                                                             "more than red light in the air.", tokens=10)
+                    summaries.append((text, usage))
+
+            task = asyncio.ensure_future(b.sample(spec))
+            await summarize_while_it_thinks(task)
+            return alone, await task, summaries
+
+        alone, together, summaries = asyncio.run(main())
+        assert len(summaries) >= 2 and all(u.completion_tokens > 0 for _, u in summaries)
+        assert together.finish_reason in ("stop", "length") and together.thinking_report.stopped == "budget"
+        assert together.usage.thinking_tokens == alone.usage.thinking_tokens == 128
+        same = 0
+        for x, y in zip(alone.logprobs, together.logprobs):
+            if x.token != y.token:
+                break
+            assert abs(x.logprob - y.logprob) < 0.3, (same, x, y)  # float noise is ~0.1 here; corruption is >> 1
+            same += 1
+        assert same >= 16, f"the runs parted after {same} tokens"
+    finally:
+        b.close()

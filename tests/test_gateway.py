@@ -299,3 +299,37 @@ def test_stream_chunks_and_ledger_share_one_id(gw):
     rows = {r["id"]: r for r in read_jsonl(gw.ledger)}
     (cid,) = ids
     assert rows[cid]["status"] == "ok" and rows[cid]["http_status"] == 200
+
+
+def test_sixteen_concurrent_requests_all_complete_with_their_own_usage(tmp_path):
+    # every request is held to its own window of thinking tokens (disjoint windows): mixed-up accounting cannot hide
+    g = Gateway({"lanes": [{"name": "default", "n_ctx": 1024}], "policy": "off",
+                 "thinking": {"loop_guard": {"enabled": False}}, "ledger": {"url": "off"}}, tmp_path)
+    try:
+        results: dict[int, dict] = {}
+
+        def one(i: int) -> None:
+            cap = 12 + 6 * i
+            r = httpx.post(g.url("/v1/chat/completions"), json={
+                "messages": [{"role": "user", "content": f"What is {i} + 7?"}], "max_tokens": 6, "seed": i,
+                "max_thinking_tokens": cap, "min_thinking_tokens": cap - 4}, timeout=120)
+            results[i] = {"status": r.status_code, "body": r.json(), "cap": cap}
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        t0 = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert len(results) == 16
+        for i, r in results.items():
+            assert r["status"] == 200, r["body"]
+            u, p = r["body"]["usage"], r["body"]["ponder"]
+            used = u["completion_tokens_details"]["reasoning_tokens"]
+            assert r["cap"] - 4 <= used <= r["cap"] and used == p["thinking"]["used"] and p["thinking"]["budget"] == r["cap"]
+            assert 0 < u["completion_tokens"] - used <= 6
+        total = sum(r["body"]["usage"]["completion_tokens_details"]["reasoning_tokens"] for r in results.values())
+        assert g.metric("ponder_thinking_tokens_sum") == total
+        assert time.time() - t0 < 180
+    finally:
+        g.stop()

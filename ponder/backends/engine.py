@@ -233,7 +233,7 @@ class Engine:
         cp.n_batch = n_batch
         cp.n_ubatch = n_batch
         cp.n_seq_max = max_sequences + cache_slots
-        cp.kv_unified = True
+        cp.kv_unified = True  # one pool of cells: prefixes are shared (seq_cp) instead of copied
         cp.n_threads = self.n_threads
         cp.n_threads_batch = self.n_threads
         # flash attention: -1 auto, 0 off, 1 on
@@ -247,6 +247,7 @@ class Engine:
         self.batch = lc.llama_batch_init(n_batch, 0, max_sequences + cache_slots)
         self.metadata = self.model.metadata()
         self._pieces: dict[int, bytes] = {}
+        self._lse_buf = np.empty(self.n_vocab, dtype=np.float32)
         self._cond = threading.Condition()
         self._incoming: deque[_Group] = deque()
         self._waiting: deque[_Group] = deque()
@@ -257,6 +258,8 @@ class Engine:
         self._free_cache = list(range(max_sequences, max_sequences + cache_slots))
         self._reserved = 0
         self._resumes: deque[tuple[_Seq, str]] = deque()
+        #: mailboxes that received events this step: flushed once per step (one wake-up per loop, not per token)
+        self.dirty: set = set()
         self._closed = False
         self.steps = 0
         self.tokens_decoded = 0
@@ -344,7 +347,9 @@ class Engine:
                 for s in [s for s in self._seqs if s.state == "paused"]:
                     self._check_interrupt(s)
                 self._admit()
-                if not self._step():
+                ran = self._step()
+                self._flush_mail()
+                if not ran:
                     # nothing could run: only paused or waiting sequences; do not spin
                     with self._cond:
                         self._cond.wait(timeout=0.02)
@@ -352,6 +357,7 @@ class Engine:
                 log.exception("engine step failed")
                 for seq in list(self._seqs):
                     self._fail(seq, BackendError(f"engine failure: {type(exc).__name__}: {exc}"))
+                self._flush_mail()
         err = BackendError("the engine shut down")
         for seq in list(self._seqs):
             self._fail(seq, err)
@@ -359,6 +365,20 @@ class Engine:
             for m in g.members:
                 m.post(Failed(err))
         self._waiting.clear()
+        self._flush_mail()
+
+    def _logsumexp(self, row: np.ndarray) -> float:
+        """log(sum(exp(row))) into a reused buffer (no allocation per token)."""
+        m = float(row.max())
+        buf = self._lse_buf
+        np.subtract(row, m, out=buf)
+        np.exp(buf, out=buf)
+        return m + float(np.log(buf.sum()))
+
+    def _flush_mail(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for box in dirty:
+            box.flush()
 
     def _drop_dead_waiting(self) -> None:
         keep: deque[_Group] = deque()
@@ -576,7 +596,7 @@ class Engine:
         r = s.req
         row = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
         if r.score_ids is not None:
-            lse = _logsumexp(row)
+            lse = self._logsumexp(row)
             s.cont = []
             self._finish(s, "scored", scores={t: float(row[t] - lse) for t in r.score_ids})
             return
@@ -587,7 +607,7 @@ class Engine:
         if s.grammar_sampler is not None and getattr(ctrl, "phase", "answer") == "answer":
             sampler = s.grammar_sampler
         tok = lc.llama_sampler_sample(sampler, self.ctx, idx)
-        lse = _logsumexp(row)
+        lse = self._logsumexp(row)
         piece = self.piece(tok)
         top = ()
         if r.top_logprobs:
@@ -760,9 +780,7 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _logsumexp(row: np.ndarray) -> float:
-    m = float(row.max())
-    return m + float(np.log(np.exp(row - m, dtype=np.float32).sum()))
+
 
 
 def default_threads() -> int:

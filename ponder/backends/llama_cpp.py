@@ -105,7 +105,7 @@ class LlamaCppBackend(Backend):
         for off in offsets:
             s = spec.seeded(off)
             q: asyncio.Queue = asyncio.Queue()
-            post = _poster(loop, q)
+            post = _poster(loop, q, self.engine)
             clock = control.Clock()
             machine = control.new_machine(s, cue_tokens=self.count_tokens, on_event=post)
             req = SeqRequest(
@@ -165,7 +165,7 @@ class LlamaCppBackend(Backend):
                        cancel: CancelToken | None = None) -> Completion:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        post = _poster(loop, q)
+        post = _poster(loop, q, self.engine)
         m = CompletionMachine(max_tokens, stop)
         ids = self._prompt_ids(prompt)
         req = SeqRequest(m, post, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
@@ -192,7 +192,7 @@ class LlamaCppBackend(Backend):
         want = tuple(sorted({i for i in ids.values() if i is not None}))
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        req = SeqRequest(None, _poster(loop, q), score_ids=want, max_new=1)
+        req = SeqRequest(None, _poster(loop, q, self.engine), score_ids=want, max_new=1)
         self.engine.submit(self._prompt_ids(prompt), [req])
         while True:
             ev = await q.get()
@@ -209,12 +209,42 @@ class LlamaCppBackend(Backend):
         self.engine.close()
 
 
-def _poster(loop: asyncio.AbstractEventLoop, q: asyncio.Queue):
+class _Mailbox:
+    """Events for one event loop, delivered once per engine step (one wake-up of the loop, not one per token)."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine, self.loop = engine, loop
+        self.items: list = []
+
+    def put(self, q: asyncio.Queue, ev: object) -> None:  # owner thread
+        self.items.append((q, ev))
+        self.engine.dirty.add(self)
+
+    def flush(self) -> None:  # owner thread, end of a step
+        items, self.items = self.items, []
+        if items:
+            try:
+                self.loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is gone (shutdown): nobody is waiting any more
+                pass
+
+
+def _deliver(items: list) -> None:
+    for q, ev in items:
+        q.put_nowait(ev)
+
+
+_MAILBOXES: dict[tuple[int, int], _Mailbox] = {}
+
+
+def _poster(loop: asyncio.AbstractEventLoop, q: asyncio.Queue, engine: Engine):
+    key = (id(engine), id(loop))
+    box = _MAILBOXES.get(key)
+    if box is None or box.loop is not loop:
+        box = _MAILBOXES[key] = _Mailbox(engine, loop)
+
     def post(ev: object) -> None:
-        try:
-            loop.call_soon_threadsafe(q.put_nowait, ev)
-        except RuntimeError:  # the loop is gone (shutdown): nobody is waiting any more
-            pass
+        box.put(q, ev)
     return post
 
 
