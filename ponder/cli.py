@@ -42,6 +42,7 @@ COMMANDS = {
     "plan": "ponder.plan.cli:plan_cmd",
     "bench": "ponder.lab.cli:bench_cmd",
     "tune": "ponder.routing.cli:tune_cmd",
+    "usage": "ponder.usage:usage_cmd",
 }
 
 
@@ -88,6 +89,7 @@ def main() -> None:
     ponder plan        size and price a self-hosted reasoning deployment
     ponder bench       measure accuracy against compute (the lab)
     ponder tune        write a routing policy from lab runs
+    ponder usage       report requests, tokens and dollars from the ledger
     """
 
 
