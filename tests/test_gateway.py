@@ -326,8 +326,9 @@ def test_sixteen_concurrent_requests_all_complete_with_their_own_usage(tmp_path)
             assert r["status"] == 200, r["body"]
             u, p = r["body"]["usage"], r["body"]["ponder"]
             used = u["completion_tokens_details"]["reasoning_tokens"]
-            assert r["cap"] - 4 <= used <= r["cap"] and used == p["thinking"]["used"] and p["thinking"]["budget"] == r["cap"]
-            assert 0 < u["completion_tokens"] - used <= 6
+            assert r["cap"] - 4 <= used <= r["cap"] and used == p["thinking"]["used"] \
+                and p["thinking"]["budget"] == r["cap"], (i, r)
+            assert 0 <= u["completion_tokens"] - used <= 6, (i, r)  # the answer may be empty: EOS right after thinking
         total = sum(r["body"]["usage"]["completion_tokens_details"]["reasoning_tokens"] for r in results.values())
         assert g.metric("ponder_thinking_tokens_sum") == total
         assert time.time() - t0 < 180
