@@ -161,6 +161,7 @@ class Run:
         self._first_token: float | None = None
         self._first_answer: float | None = None
         self._live_used: dict[tuple[int, int], int] = {}
+        self._answer_streamed: set[int] = set()
         self._summary_tasks: set[asyncio.Task] = set()
         self._summaries: list[tuple[Usage, float]] = []
         self._summary_state: dict[int, dict] = {}
@@ -286,6 +287,11 @@ class Run:
                 result = await strategy.run(request, backend, plan.strategy_params)
             if not live:
                 self._replay_chosen(i, result)
+            elif i not in self._answer_streamed and result.chosen.answer:
+                # the answer came from the thinking (the model ended its turn there):
+                # nothing was streamed as content yet, so the client gets it now
+                g = result.chosen
+                self._emit(Delta(i, "answer", g.answer, g.thinking_report.used, tuple(g.answer_logprobs())))
             self.events.put_nowait(ChoiceEnd(i, result))
             return result
 
@@ -319,8 +325,10 @@ class Run:
             now = self.elapsed()
             if self._first_token is None:
                 self._first_token = now
-            if ev.kind == "answer" and self._first_answer is None:
-                self._first_answer = now
+            if ev.kind == "answer":
+                self._answer_streamed.add(ev.index)
+                if self._first_answer is None:
+                    self._first_answer = now
             if self.stream and (ev.kind == "answer" or self.plan.visibility == "visible"):
                 self.sent_content = True  # a streamed client has content now: no fallback can take it back
         self.events.put_nowait(ev)

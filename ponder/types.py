@@ -14,8 +14,8 @@ from typing import Literal
 
 #: Why thinking ended: the model ended it, the budget cut it, the loop guard
 #: stopped a repetition, thinking was off, the client left, the request's
-#: deadline came, or the sequence filled the model's context.
-StopReason = Literal["end", "budget", "repetition", "none", "cancelled", "deadline", "context"]
+#: deadline came, the sequence filled the model's context, or a confidence monitor gave up on the trace.
+StopReason = Literal["end", "budget", "repetition", "none", "cancelled", "deadline", "context", "confidence"]
 #: How a generation ended.  ``length``: the answer hit its token limit (or the
 #: context); ``deadline``: the request's deadline cut it.
 FinishReason = Literal["stop", "length", "cancelled", "deadline"]

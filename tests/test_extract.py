@@ -15,7 +15,7 @@ def test_unbalanced_boxed_is_none():
     "text, expected",
     [
         ("The answer is 42.", "42"),
-        ("Final answer: 1,234", "1,234"),
+        ("Final answer: 1,234", "1234"),
         (r"we get \boxed{19}", "19"),
         ("first 3 then 5 then 19", "19"),
         ("Answer: **Paris**", "Paris"),

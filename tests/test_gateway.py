@@ -85,7 +85,12 @@ def test_stream_visible_reasoning_then_answer_with_usage(client):
         if c.usage is not None:
             final = c
     assert kinds.count("r") >= 12, "thinking must stream token by token"
-    assert kinds.count("a") >= 2, "the answer must stream token by token"
+    assert final is not None
+    if final.model_extra["ponder"].get("answer_source") == "thinking":
+        # the model ended its turn inside the think: its stated result arrives as content, once
+        assert kinds.count("a") == 1, "an answer taken from the thinking is still sent as content"
+    else:
+        assert kinds.count("a") >= 2, "the answer must stream token by token"
     assert "r" not in kinds[kinds.index("a"):], "no thinking after the answer started"
     assert final is not None and final.model_extra["ponder"]["thinking"]["used"] >= 12
     assert final.usage.completion_tokens_details.reasoning_tokens == final.model_extra["ponder"]["thinking"]["used"]

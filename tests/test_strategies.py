@@ -229,3 +229,63 @@ def test_tally_counts_and_weights():
     t = tally(samples, Equivalence(), weights=[0.2, 0.3, 0.9, 0.4])
     assert t.counts == {0: 2, 1: 1} and t.weights == {0: pytest.approx(0.5), 1: 0.4}
     assert t.abstained == 1 and t.winner == 0 and [s.group for s in samples] == [0, 0, None, 1]
+
+
+# -- confidence-aware --------------------------------------------------------------------
+
+def _gen(answer: str, lps: list[float], top: int = 0) -> Generation:
+    from ponder.types import TokenLogprob
+
+    toks = [TokenLogprob("x", lp, tuple(("y", lp - j) for j in range(top))) for lp in lps]
+    return Generation("t", answer, Usage(answer_tokens=len(lps)), ThinkingReport(0), Timings(), logprobs=toks)
+
+
+def test_trace_confidence_measures_against_hand_computed_values():
+    from ponder.strategies.confidence import token_confidence, trace_confidence
+
+    g = _gen("1", [-0.1, -0.1, -2.0, -0.1], top=0)  # no alternatives: the sampled log-probability stands in
+    c = trace_confidence(g, window=2, tail=2)
+    assert c["mean"] == pytest.approx(-2.3 / 4)
+    assert c["lowest_group"] == pytest.approx(-1.05)  # the windows average -0.1, -1.05, -1.05
+    assert c["tail"] == pytest.approx(-1.05)
+    # with top-k: C = -(1/k) * sum of the alternatives' log-probabilities
+    t = _gen("1", [-0.5], top=3).logprobs[0]
+    assert token_confidence(t) == pytest.approx(-(-0.5 - 1.5 - 2.5) / 3)
+
+
+def confident_backend(answers_and_lps):
+    """Scripted engine whose k-th sample answers answers[k] with the given per-token log-probabilities."""
+    from ponder.types import TokenLogprob
+
+    class B(ScriptedBackend):
+        async def sample(self, spec, *, on_event=None):
+            k = int(spec.sampling.seed or 0)
+            ans, lps = answers_and_lps[k % len(answers_and_lps)]
+            g = Generation("", ans, Usage(answer_tokens=len(lps)), ThinkingReport(0), Timings(),
+                           logprobs=[TokenLogprob("x", lp) for lp in lps])
+            return g
+    return B(["unused"])
+
+
+def test_confidence_weighting_overrules_a_shaky_majority():
+    sure, shaky = [-0.05] * 8, [-3.0] * 8
+    b = confident_backend([("7", sure), ("9", shaky), ("9", shaky)])
+    plain = run("self-consistency", b, req(sampling=Sampling(seed=0)), n=3)
+    weighted = run("confidence-weighted", b, req(sampling=Sampling(seed=0)), n=3, measure="mean", top_k=0)
+    assert plain.answer == "9" and weighted.answer == "7"
+    filtered = run("confidence-filtered", b, req(sampling=Sampling(seed=0)), n=3, keep=0.3, top_k=0, measure="mean")
+    assert filtered.answer == "7" and filtered.extra["kept"] == 1 and filtered.n_samples == 3
+    assert filtered.usage.answer_tokens == 24  # every drawn sample is billed, voting or not
+
+
+def test_online_early_stopping_cuts_unconfident_traces_and_settles():
+    from ponder.strategies.confidence import WindowMonitor
+    from ponder.types import TokenLogprob
+
+    m = WindowMonitor(threshold=-1.0, window=3)
+    assert [m(TokenLogprob("x", lp)) for lp in (-0.1, -0.2, -0.3, -2.0, -2.0)] == [False, False, False, False, True]
+    # on the scripted engine: warm-up traces are confident and agree; the vote settles without more draws
+    sure = [-0.05] * 8
+    b = confident_backend([("7", sure)])
+    r = run("deepconf-online", b, req(sampling=Sampling(seed=0)), n_max=12, warmup=4, top_k=0, consensus=0.9)
+    assert r.answer == "7" and r.extra["samples_used"] == 4 and "settled" in r.decision

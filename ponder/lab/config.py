@@ -64,6 +64,14 @@ class BenchConfig:
     min_accuracy: float | None = None
     #: built-in tools swept as a dimension: [] (none) and/or lists like ["python"]
     tools: list[str] = field(default_factory=list)
+    #: alternatives kept per generated token (0: automatic — 5 when a confidence strategy is in the grid,
+    #: so every pooled draw carries what DeepConf's token confidence needs)
+    top_logprobs: int = 0
+
+    def logprobs_k(self) -> int:
+        if self.top_logprobs:
+            return self.top_logprobs
+        return 5 if any(s.startswith("confidence-") or s == "deepconf-online" for s in self.strategies) else 0
 
     def validate(self) -> None:
         if not self.tasks and not self.data:
@@ -87,7 +95,7 @@ class BenchConfig:
                 raise ConfigError(f"--param names unknown strategy {s!r}", param="--param")
             cp = count_param(s)
             try:
-                build_params(get_strategy(s), {**raw, **({cp: 1} if cp else {})}, 1024)
+                build_params(get_strategy(s), {**raw, **({cp: max(self.n or [1])} if cp else {})}, 1024)
             except Exception as exc:
                 raise ConfigError(f"--param for {s}: {exc}", param="--param") from None
         if not self.n or any(k < 1 for k in self.n):

@@ -8,7 +8,7 @@ from pathlib import Path
 from ponder.lab.results import compute_of, fmt
 
 TABLE_COLUMNS = ("configuration", "acc", "95% CI", "think", "answer", "samples", "p50 s", "p95 s", "$/query",
-                 "$/correct")
+                 "$/correct", "from think", "unparsed")
 
 
 def table_rows(results: dict) -> list[list[str]]:
@@ -29,8 +29,18 @@ def table_rows(results: dict) -> list[list[str]]:
             fmt(m["latency_s"]["p95"]),
             fmt(m["cost_usd"]["per_query"], ".6f"),
             fmt(m["cost_usd"]["per_correct"], ".6f"),
+            _share(m, "from_thinking"),
+            _share(m, "unparseable"),
         ])
     return rows
+
+
+def _share(m: dict, key: str) -> str:
+    """Answers of a configuration taken from the thinking / with nothing to extract, as 'count/items'."""
+    a = m.get("answers")
+    if not a:
+        return "-"
+    return f"{a[key]}/{m['items'] - m['errors']}"
 
 
 def text_table(results: dict) -> str:

@@ -86,6 +86,8 @@ def config_metrics(lines: list[dict]) -> dict[str, Any]:
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in lines:
         by_task[f"{r['task']} [{r['difficulty']}]"].append(r)
+    # extraction trouble at a glance: answers taken from the thinking, answers nothing could be read from
+    draws = [d for r in ok for d in (r.get("draws") or [])]
     return {
         "items": n,
         "correct": correct,
@@ -99,6 +101,13 @@ def config_metrics(lines: list[dict]) -> dict[str, Any]:
         "completion_tokens": {"mean": _mean(completion), "median": _median(completion)},
         "prompt_tokens": {"mean": _mean(prompt)},
         "truncated_share": _mean([float(bool(r.get("truncated"))) for r in ok]),
+        "answers": {
+            "from_thinking": sum(r.get("answer_source") == "thinking" for r in ok),
+            "unparseable": sum(r.get("extracted") is None for r in ok),
+            "samples_from_thinking": sum(d.get("answer_source") == "thinking" for d in draws),
+            "samples_unparseable": sum(d.get("extracted") is None for d in draws),
+            "samples": len(draws),
+        },
         "latency_s": {"mean": _mean(latency), "p50": percentile(latency, 50) if latency else None,
                       "p95": percentile(latency, 95) if latency else None,
                       "p99": percentile(latency, 99) if latency else None},

@@ -142,6 +142,9 @@ def request_body(cfg: BenchConfig, point: Point, item: Item, seed: int) -> dict[
         "max_tokens": cfg.answer_tokens,
         "ponder": {"strategy": point.strategy, "params": cfg.strategy_params(point)},
     }
+    if cfg.logprobs_k():
+        body["logprobs"] = True
+        body["top_logprobs"] = cfg.logprobs_k()
     kind, _, value = point.budget.partition("=")
     if kind == "effort":
         body["reasoning_effort"] = value
@@ -353,6 +356,8 @@ def planned_generations(cfg: BenchConfig, points: list[Point]) -> int:
     for pts in by_budget.values():
         pooled_n = [p.n for p in pts if is_pooled(p.strategy)]
         total += max(pooled_n) if pooled_n else 0
+        # online early stopping draws its later traces fresh (they may be cut short, so they are not pooled)
+        total += sum(p.n for p in pts if p.strategy == "deepconf-online")
         total += sum(p.n if p.strategy in ("verify-retry", "beam", "dvts", "mcts") else p.n + 1
                      for p in pts if not is_pooled(p.strategy))
     return total

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Union
 
 from ponder.thinking import prompts
-from ponder.thinking.extract import last_stated_result
+from ponder.thinking.extract import answer_like, explicit_answer, has_explicit_result, last_stated_result
 from ponder.thinking.loop_guard import LoopGuard, text_units
 from ponder.types import (
     AnswerSource,
@@ -142,6 +142,10 @@ class ThinkingMachine:
         self._inner_think = False  # inside a <think> block the model reopened in the answer
         self._answer_started = False
         self._tool_at: int | None = None
+        #: what the model generated in each phase, before any classification (for regression fixtures)
+        self.raw = {"thinking": "", "answer": ""}
+        #: how thinking ended as the model produced it: "tag", "eog", "budget", "repetition", ...
+        self.thinking_end: str | None = None
 
     # ------------------------------------------------------------------ raw mode
     def feed(self, text: str, tokens: int = 1, logprob: TokenLogprob | None = None) -> Decision:
@@ -149,11 +153,11 @@ class ThinkingMachine:
         if self.phase == "done":
             return STOP
         self.text += text
+        self.raw[self.phase] += text
         if logprob is not None:
             self.logprobs.append(TokenLogprob(logprob.token, logprob.logprob, logprob.top, self.phase))
             if self.monitor is not None and self.monitor(self.logprobs[-1]):
-                self.early_stopped = True
-                return self._finish("stop")
+                return self._stop_early()
         if self.phase == "thinking":
             self.used += tokens
             return self._thinking_raw(text, logprob)
@@ -168,8 +172,15 @@ class ThinkingMachine:
     def end_of_turn(self) -> Decision:
         """The model produced its end-of-generation token."""
         if self.phase == "thinking":
-            # the model ended its turn inside the think: treat it as the end of thinking
+            # the model ended its turn inside the think.  If it stated its result there, that is its answer:
+            # asking it to go on after a forced close only gets a second, unrelated reply
             self._pending = ""
+            self.thinking_end = "eog"
+            if self.used >= self.budget.min_tokens and has_explicit_result(self.thinking):
+                self.report.stopped = "end"
+                self.report.used = min(self.used, self.budget.max_tokens)
+                self.phase = "answer"
+                return self._finish("stop")
             return self._thinking_ended(len(self.text))
         if self.phase == "answer":
             return self._finish("stop")
@@ -185,6 +196,7 @@ class ThinkingMachine:
                 return self._tool_call(base + i + len(marker), i + len(marker))
             self._emit_thinking(self._pending[:i])
             self._pending = ""
+            self.thinking_end = "tag" if marker == CLOSE else "end-marker"
             return self._thinking_ended(base + i)
         hold = max(_partial(self._pending, m) for m in (CLOSE, OPEN, *END_MARKERS))
         if self.tools and TOOL_OPEN in self._pending:
@@ -210,7 +222,14 @@ class ThinkingMachine:
         self.report.stopped = "end"
         return self._to_answer(keep, cue=False)
 
+    def force_answer(self, reason: StopReason = "budget") -> Decision:
+        """End thinking now (as a cap would) and move to the answer phase."""
+        if self.phase != "thinking":
+            return CONTINUE if self.phase == "answer" else STOP
+        return self._cut(reason, len(self.text) - len(self._pending))
+
     def _cut(self, reason: StopReason, keep: int) -> Decision:
+        self.thinking_end = reason
         self.report.stopped = reason
         self.report.truncated = reason == "budget"
         self.used = min(self.used, self.budget.max_tokens)
@@ -268,6 +287,8 @@ class ThinkingMachine:
             self.used += tokens
             if logprob is not None:
                 self.logprobs.append(TokenLogprob(logprob.token, logprob.logprob, logprob.top, "thinking"))
+                if self.monitor is not None and self.monitor(self.logprobs[-1]):
+                    return self._stop_early()
             visible = text.replace(OPEN, "").replace(CLOSE, "")
             if self._emit_thinking(visible):
                 self.report.stopped = "repetition"
@@ -286,6 +307,14 @@ class ThinkingMachine:
         if self.answer_tokens >= self.max_answer_tokens:
             return self._finish("length")
         return CONTINUE
+
+    def _stop_early(self) -> Decision:
+        """A strategy's monitor gave up on this trace (its confidence fell too low)."""
+        self.early_stopped = True
+        if self.phase == "thinking":
+            self.report.stopped = "confidence"
+            self.used = min(self.used, self.budget.max_tokens)
+        return self._finish("stop")
 
     def _chat_cut(self) -> Decision:
         self.used = min(self.used, self.budget.max_tokens)
@@ -402,12 +431,15 @@ class ThinkingMachine:
         thinking is the answer.
         """
         answer = self.answer.strip()
-        if answer:
+        explicit_thinking = has_explicit_result(self.thinking)
+        if answer and (explicit_answer(answer) or not explicit_thinking and answer_like(answer)):
+            return answer, "answer"
+        if answer and not explicit_thinking:
             return answer, "answer"
         fallback = last_stated_result(self.thinking)
         if fallback:
             return fallback, "thinking"
-        return "", "none"
+        return (answer, "answer") if answer else ("", "none")
 
     def thinking_tokens(self) -> int:
         return min(self.used, self.budget.max_tokens) if self.budget.enabled else 0
