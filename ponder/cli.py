@@ -43,6 +43,7 @@ COMMANDS = {
     "bench": "ponder.lab.cli:bench_cmd",
     "tune": "ponder.routing.cli:tune_cmd",
     "usage": "ponder.usage:usage_cmd",
+    "keys": "ponder.tenancy.cli:keys_cmd",
 }
 
 
@@ -90,6 +91,7 @@ def main() -> None:
     ponder bench       measure accuracy against compute (the lab)
     ponder tune        write a routing policy from lab runs
     ponder usage       report requests, tokens and dollars from the ledger
+    ponder keys        make API keys for the gateway
     """
 
 

@@ -58,6 +58,8 @@ class Plan:
     tools: tuple[str, ...] = ()
     #: answer cache mode: use | refresh | off
     cache: str = "off"
+    #: the prompt's tokens, once counted against the context (preflight)
+    prompt_tokens: int | None = None
 
     def samples_per_choice(self) -> int:
         """How many samples the plan's strategy may draw for one choice."""

@@ -134,8 +134,10 @@ class Ponder:
         checks prompt + thinking cap + answer tokens against the context.
         """
         backend = self._backends.get(plan.lane.name)
-        if backend is None or not backend.info.text_completion or not backend.info.context_length:
+        if backend is None:
             return plan
+        if not backend.info.text_completion or not backend.info.context_length:
+            return replace(plan, prompt_tokens=backend.prompt_tokens(plan.messages, plan.budget))
         limit = backend.info.context_length
         chars = sum(len(m.content) for m in plan.messages)
         if chars > limit * 64:
@@ -144,7 +146,7 @@ class Ponder:
         n = backend.prompt_tokens(plan.messages, plan.budget)
         if n >= limit:
             raise ContextOverflow(f"the prompt is {n} tokens; the model's context holds {limit}", param="messages")
-        plan = self._fit(plan, n, limit)
+        plan = replace(self._fit(plan, n, limit), prompt_tokens=n)
         if plan.escalation is not None:
             esc_backend = self._backends.get(plan.escalation.lane.name)
             if esc_backend is not None and esc_backend.info.context_length:

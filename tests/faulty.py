@@ -17,6 +17,8 @@ fault (a lane per fault names it as ``upstream_model``):
 * ``garbage``    200 text/event-stream with random bytes
 * ``usage``      a proper stream whose usage claims 10**12 tokens
 * ``stall``      one content chunk, then silence (for client-disconnect tests)
+* ``exact``      a proper stream whose usage is exactly ponder's own count of the request's worst case
+                 (prompt by ponder's estimate, completion = max_tokens): quotas can then be checked to the unit
 
 Every connection's open and close times are recorded, so tests can see how
 fast ponder gave up on an upstream nobody waits for any more.
@@ -134,6 +136,20 @@ class Faulty:
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
                          .encode() + extra + b"Connection: keep-alive\r\n\r\n" + data)
 
+        if model == "exact":
+            from ponder.backends.openai_compat import approx_tokens
+
+            prompt = sum(approx_tokens(m.get("content") or "") + 4 for m in body.get("messages", []))
+            await asyncio.sleep(self.delay)
+            writer.write(sse_head)
+            await send_chunked(_sse(_chunk(content="19")))
+            await send_chunked(_sse(_chunk(finish="length")))
+            n = int(body.get("max_tokens", 1))
+            await send_chunked(_sse(_chunk(usage={"prompt_tokens": prompt, "completion_tokens": n,
+                                                  "total_tokens": prompt + n})))
+            await send_chunked(b"data: [DONE]\n\n")
+            await end_chunked()
+            return True
         if model in ("ok", "slow-ok", "usage", "think"):
             if model == "slow-ok":
                 await asyncio.sleep(self.delay)

@@ -17,6 +17,7 @@ from conftest import free_port
 class Gateway:
     def __init__(self, config: dict, tmp: Path) -> None:
         self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
         self.config_path = tmp / f"ponder-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log = tmp / f"ponder-{self.port}.log"
