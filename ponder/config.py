@@ -49,8 +49,14 @@ class ToolsConfig(_Strict):
     """Built-in tools a lane lets the model call inside its thinking."""
 
     enabled: list[Literal["python", "calculator"]] = Field(default_factory=list)
+    #: calls per request (all samples together)
     max_calls: int = Field(4, ge=1, le=64)
+    #: calls within one rollout (one sample's chain of call → result → call)
+    max_depth: int = Field(3, ge=1, le=64)
+    #: seconds per call
     timeout_s: float = Field(10.0, gt=0, le=120)
+    #: tool seconds per request
+    max_total_s: float = Field(30.0, gt=0, le=600)
     #: tool results longer than this many tokens are cut
     max_result_tokens: int = Field(256, ge=16, le=8192)
     cache_ttl_s: float = Field(600.0, ge=0)

@@ -58,6 +58,9 @@ class Plan:
     tools: tuple[str, ...] = ()
     #: answer cache mode: use | refresh | off
     cache: str = "off"
+    #: the client's functions (OpenAI tools, as dicts) and tool_choice
+    client_tools: tuple = ()
+    tool_choice: Any = None
     #: the prompt's tokens, once counted against the context (preflight)
     prompt_tokens: int | None = None
 
@@ -183,12 +186,7 @@ def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, ba
                              f"half-written thought); lane {lane.name!r} is an upstream", param="ponder.strategy")
     visibility = (req.thinking.visibility if req.thinking and req.thinking.visibility else None) \
         or server.default_visibility
-    if req.tools:
-        raise InvalidRequest("client tools (tools / tool_choice) are not supported on this gateway yet",
-                             param="tools", code="unsupported_parameter")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise InvalidRequest("tool_choice needs tools, which this gateway does not support yet", param="tool_choice",
-                             code="unsupported_parameter")
+    client_tools, tool_choice = _client_tools(req, strategy_name)
     built_in = tuple(req.ponder.tools) if req.ponder and req.ponder.tools is not None else tuple(lane.tools.enabled)
     cache = (req.ponder.cache if req.ponder and req.ponder.cache else None) or ("use" if config.cache.enabled
                                                                                  else "off")
@@ -208,6 +206,8 @@ def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, ba
         response_format=response_format,
         tools=built_in,
         cache=cache,
+        client_tools=client_tools,
+        tool_choice=tool_choice,
     )
     estimate = sum(len(m.content) for m in plan.messages) // 4
     worst = plan.worst_case_tokens(estimate)
@@ -218,6 +218,33 @@ def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, ba
             f"+ prompt); the limit is {server.max_request_tokens:,} (server.max_request_tokens)",
             param="max_thinking_tokens", code="request_too_expensive")
     return plan
+
+
+def _client_tools(req: ChatCompletionRequest, strategy: str) -> tuple[tuple, Any]:
+    """The client's functions as dicts, and a checked tool_choice."""
+    choice = req.tool_choice
+    if not req.tools:
+        if choice not in (None, "none", "auto"):
+            raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+        return (), None
+    tools = tuple(t.model_dump(exclude_none=True) for t in req.tools)
+    names = [t["function"]["name"] for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools: function names must be unique", param="tools")
+    if isinstance(choice, dict):
+        name = ((choice.get("function") or {}).get("name") if choice.get("type") == "function" else None)
+        if name not in names:
+            raise InvalidRequest(f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})",
+                                 param="tool_choice")
+    elif choice not in (None, "none", "auto", "required"):
+        raise InvalidRequest("tool_choice must be none, auto, required or {\"type\": \"function\", ...}",
+                             param="tool_choice")
+    if choice == "none":
+        return (), None
+    if strategy != "single":
+        raise InvalidRequest(f"strategy {strategy!r} votes or searches over answers; with client tools the model's "
+                             f"call is returned to the client, so only `single` applies", param="ponder.strategy")
+    return tools, choice
 
 
 def _structured(req: ChatCompletionRequest, lane: LaneConfig) -> tuple[str | None, dict | None]:

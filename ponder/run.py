@@ -30,6 +30,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from ponder.api.response import answer_and_calls
 from ponder.errors import (
     BackendError,
     Cancelled,
@@ -271,7 +272,8 @@ class Run:
     async def _choices(self, plan: "Plan", meter: Meter) -> list[StrategyResult]:
         backend = await self.service.backend_async(plan.lane)
         strategy = get_strategy(plan.strategy)
-        live = strategy.info.streams_live and plan.escalation is None
+        # client tools: the answer may be a call, which is only known once it is complete
+        live = strategy.info.streams_live and plan.escalation is None and not plan.client_tools
         # the attempt's own token: a failed choice stops its siblings without cancelling the request
         cancel = self.cancel.child()
 
@@ -316,8 +318,9 @@ class Run:
         g = result.chosen
         if g.thinking:
             self._emit(Delta(i, "thinking", g.thinking, g.thinking_report.used))
-        if g.answer:
-            self._emit(Delta(i, "answer", g.answer, g.thinking_report.used, tuple(g.answer_logprobs())))
+        content = answer_and_calls(result, self.plan)[0]
+        if content:
+            self._emit(Delta(i, "answer", content, g.thinking_report.used, tuple(g.answer_logprobs())))
 
     # -- events ------------------------------------------------------------------------
     def _emit(self, ev: RunEvent) -> None:

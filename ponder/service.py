@@ -19,7 +19,7 @@ from ponder.api.request import ChatCompletionRequest
 from ponder.backends.base import Backend, SampleSpec
 from ponder.backends.registry import build_backend
 from ponder.config import LaneConfig, PonderConfig
-from ponder.errors import ConfigError, ContextOverflow, PonderError
+from ponder.errors import ConfigError, ContextOverflow, InvalidRequest, PonderError
 from ponder.ledger import Ledger, open_ledger
 from ponder.policy import Plan, plan_request
 from ponder.pricing import price
@@ -65,6 +65,10 @@ class Ponder:
         #: runs in flight (their spend is flushed to the ledger every ``ledger.flush_interval_s``)
         self.running: set = set()
         self._flusher: asyncio.Task | None = None
+        from ponder.tools import ToolCache
+
+        #: tool results by (tool, arguments), shared by this service's requests
+        self.tool_cache = ToolCache()
         if policy is not None:
             policy.check_against(config)
             fast = config.lane(policy.lane_name(policy.bands[0], config))
@@ -136,6 +140,10 @@ class Ponder:
         backend = self._backends.get(plan.lane.name)
         if backend is None:
             return plan
+        if plan.tools and not backend.info.text_completion:
+            raise InvalidRequest(f"built-in tools ({', '.join(plan.tools)}) run inside the thinking, which needs the "
+                                 f"embedded engine; lane {plan.lane.name!r} is an upstream chat API (use OpenAI "
+                                 f"`tools` there)", param="ponder.tools")
         if not backend.info.text_completion or not backend.info.context_length:
             return replace(plan, prompt_tokens=backend.prompt_tokens(plan.messages, plan.budget))
         limit = backend.info.context_length
@@ -184,6 +192,9 @@ class Ponder:
 
         probe = [{"role": "user", "content": "probe"}]
         for i, lane in enumerate(self.config.lanes):
+            if lane.tools.enabled and lane.backend != "llama_cpp":
+                raise ConfigError(f"lanes.{i} ({lane.name}): built-in tools run inside the thinking and need the "
+                                  f"embedded engine (backend: llama_cpp)", param=f"lanes.{i}.tools.enabled")
             try:
                 self.plan_sync(parse_request({"model": lane.name, "messages": probe}))
             except PonderError as exc:
@@ -216,7 +227,7 @@ class Ponder:
         if plan.tools:
             from ponder.tools import toolbox_for
 
-            tools = toolbox_for(plan.lane.tools, plan.tools)
+            tools = toolbox_for(plan.lane.tools, plan.tools, self.tool_cache)
         return StrategyRequest(
             messages=plan.messages,
             budget=plan.budget,
@@ -229,6 +240,8 @@ class Ponder:
             sink=sink,
             tools=tools,
             response_format=plan.response_format,
+            client_tools=plan.client_tools,
+            tool_choice=plan.tool_choice,
             counter=Counter(),
         )
 

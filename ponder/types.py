@@ -14,8 +14,10 @@ from typing import Literal
 
 #: Why thinking ended: the model ended it, the budget cut it, the loop guard
 #: stopped a repetition, thinking was off, the client left, the request's
-#: deadline came, the sequence filled the model's context, or a confidence monitor gave up on the trace.
-StopReason = Literal["end", "budget", "repetition", "none", "cancelled", "deadline", "context", "confidence"]
+#: deadline came, the sequence filled the model's context, a confidence monitor gave up on the trace,
+#: or a tool limit was reached (the model was told to answer).
+StopReason = Literal["end", "budget", "repetition", "none", "cancelled", "deadline", "context", "confidence",
+                     "tools"]
 #: How a generation ended.  ``length``: the answer hit its token limit (or the
 #: context); ``deadline``: the request's deadline cut it.
 FinishReason = Literal["stop", "length", "cancelled", "deadline"]
@@ -30,6 +32,10 @@ class Message:
 
     role: str
     content: str
+    #: an assistant turn's calls of client tools: ({"id", "name", "arguments" (JSON text)}, ...)
+    tool_calls: tuple = ()
+    #: a tool turn: the call it answers
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ fault (a lane per fault names it as ``upstream_model``):
 * ``garbage``    200 text/event-stream with random bytes
 * ``usage``      a proper stream whose usage claims 10**12 tokens
 * ``stall``      one content chunk, then silence (for client-disconnect tests)
+* ``tools``      with ``tools`` in the request: a structured ``tool_calls`` stream (name, then the
+                 arguments in two fragments), finish ``tool_calls``; after a ``tool`` message: an answer using it
 * ``exact``      a proper stream whose usage is exactly ponder's own count of the request's worst case
                  (prompt by ponder's estimate, completion = max_tokens): quotas can then be checked to the unit
 
@@ -136,6 +138,27 @@ class Faulty:
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
                          .encode() + extra + b"Connection: keep-alive\r\n\r\n" + data)
 
+        if model == "tools":
+            writer.write(sse_head)
+            msgs = body.get("messages", [])
+            if msgs and msgs[-1].get("role") == "tool":
+                await send_chunked(_sse(_chunk(content=f"It is {msgs[-1]['content']} in Paris.")))
+                await send_chunked(_sse(_chunk(finish="stop")))
+            elif body.get("tools"):
+                name = body["tools"][0]["function"]["name"]
+                for piece in ({"id": "call_up1", "type": "function", "function": {"name": name, "arguments": ""}},
+                              {"function": {"arguments": '{"city": '}}, {"function": {"arguments": '"Paris"}'}}):
+                    obj = _chunk()
+                    obj["choices"][0]["delta"] = {"tool_calls": [{"index": 0, **piece}]}
+                    await send_chunked(_sse(obj))
+                await send_chunked(_sse(_chunk(finish="tool_calls")))
+            else:
+                await send_chunked(_sse(_chunk(content="no tools were offered")))
+                await send_chunked(_sse(_chunk(finish="stop")))
+            await send_chunked(_sse(_chunk(usage={"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39})))
+            await send_chunked(b"data: [DONE]\n\n")
+            await end_chunked()
+            return True
         if model == "exact":
             from ponder.backends.openai_compat import approx_tokens
 

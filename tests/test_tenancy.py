@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -309,3 +312,65 @@ def test_redis_restart_mid_run_fails_closed_and_keeps_every_cap(tmp_path, upstre
     finally:
         g.stop()
         r.stop()
+
+
+# -- accounting per key -----------------------------------------------------------------------------
+
+def test_ledger_rows_name_the_key_never_the_secret_and_usage_groups_by_key(tmp_path, upstream):
+    ledger = tmp_path / "ledger.db"
+    cfg = tenancy_config(upstream.url, required=False, anonymous={"requests_per_minute": 100})
+    cfg["ledger"] = {"url": f"sqlite:///{ledger}"}
+    g = Gateway(cfg, tmp_path / "gw")
+    try:
+        assert post(g, SECRET_A, model="exact", max_tokens=8).status_code == 200
+        assert post(g, SECRET_A, model="exact", max_tokens=8).status_code == 200
+        assert post(g, None, model="exact", max_tokens=8).status_code == 200
+        assert g.metric("ponder_key_requests_total", key="team-a", status="200") == 2
+        assert g.metric("ponder_key_requests_total", key="anonymous", status="200") == 1
+        # a made-up key name never becomes a metric label (bounded cardinality): it is refused as a bad key
+        assert post(g, "pk-unknown").status_code == 401
+        assert 'key="pk-unknown"' not in httpx.get(g.url("/metrics")).text
+    finally:
+        g.stop()
+    raw = ledger.read_bytes() + (ledger.with_name("ledger.db-wal").read_bytes()
+                                 if ledger.with_name("ledger.db-wal").exists() else b"")
+    assert SECRET_A.encode() not in raw
+    out = subprocess.run([sys.executable, "-m", "ponder.cli", "usage", "--ledger", f"sqlite:///{ledger}", "--by", "key",
+                          "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {r["group"]: r for r in json.loads(out.stdout)["totals"]}
+    assert rows["team-a"]["requests"] == 2 and rows["anonymous"]["requests"] == 1
+    assert rows["team-a"]["cost_usd"] > 0
+
+
+def test_a_failed_request_settles_what_it_spent_and_frees_its_slot(tmp_path, upstream):
+    extra = [{"name": "one", "key_sha256": hash_secret("pk-one"),
+              "limits": {"max_concurrent": 1, "tokens_per_minute": 100000}}]
+    cfg = tenancy_config(upstream.url, extra_keys=extra)
+    cfg["lanes"].append({**cfg["lanes"][0], "name": "broken", "upstream_model": "500"})
+    g = Gateway(cfg, tmp_path / "gw")
+    try:
+        bad = post(g, "pk-one", model="broken", max_tokens=8)
+        assert bad.status_code >= 500
+        ok = post(g, "pk-one", model="exact", max_tokens=8)  # the failed request's slot is free again
+        assert ok.status_code == 200
+        # the token window holds what was spent, not the failed request's worst case
+        used = int(ok.headers["x-ratelimit-limit-tokens"]) - int(ok.headers["x-ratelimit-remaining-tokens"])
+        own_worst_case = round(cost_of_worst_case(8) * 1e6)  # prompt + 8 answer tokens
+        prompt = own_worst_case - 8
+        # the failed request settled to what it sent (its prompt, billed conservatively), not to its worst case
+        assert used == own_worst_case + prompt, used
+    finally:
+        g.stop()
+
+
+def test_keys_new_prints_a_secret_whose_hash_is_the_config_line():
+    out = subprocess.run([sys.executable, "-m", "ponder.cli", "keys", "new", "team-z"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    secret = next(w for w in out.stdout.split() if w.startswith("pk-"))
+    digest = out.stdout.split("key_sha256:")[1].split()[0]
+    assert hash_secret(secret) == digest and "name: team-z" in out.stdout
+    again = subprocess.run([sys.executable, "-m", "ponder.cli", "keys", "new", "team-z"], capture_output=True,
+                           text=True, timeout=60)
+    assert secret not in again.stdout  # a fresh secret each time

@@ -202,11 +202,12 @@ class ChatCompletionRequest(BaseModel):
         for m in self.messages:
             text = m.text()
             if m.role == "assistant" and m.tool_calls:
-                calls = "".join(f"<tool_call>{json.dumps({'name': c.function.name, 'arguments': c.function.arguments})}"
-                                f"</tool_call>" for c in m.tool_calls)
-                text = (text + "\n" + calls).strip()
+                calls = tuple({"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                              for c in m.tool_calls)
+                out.append(Message("assistant", text, tool_calls=calls))
+                continue
             if m.role == "tool":
-                out.append(Message("tool", text))
+                out.append(Message("tool", text, tool_call_id=m.tool_call_id))
                 continue
             out.append(Message(m.role if m.role != "developer" else "system", text))
         if not any(m.role == "user" and m.content.strip() for m in out):

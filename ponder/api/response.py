@@ -57,8 +57,20 @@ def ponder_block(outcome: "Outcome") -> dict:
     return block
 
 
-def message_of(result: StrategyResult, visibility: str) -> dict:
-    msg: dict[str, Any] = {"role": "assistant", "content": result.answer}
+def answer_and_calls(result: StrategyResult, plan) -> tuple[str | None, list[dict]]:
+    """The answer as content, and the client-tool calls in it (none unless the request has tools)."""
+    if not plan.client_tools:
+        return result.answer, []
+    from ponder.tools.client import split_calls
+
+    return split_calls(result.answer, [t["function"]["name"] for t in plan.client_tools])
+
+
+def message_of(result: StrategyResult, visibility: str, plan=None) -> dict:
+    content, calls = answer_and_calls(result, plan) if plan is not None else (result.answer, [])
+    msg: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        msg["tool_calls"] = calls
     if visibility == "visible" and result.chosen.thinking:
         msg["reasoning_content"] = result.chosen.thinking
     elif visibility == "summary" and result.extra.get("summary"):
@@ -77,8 +89,8 @@ def completion_body(outcome: "Outcome") -> dict:
     for i, r in enumerate(outcome.results):
         choices.append({
             "index": i,
-            "message": message_of(r, outcome.plan.visibility),
-            "finish_reason": finish_of(r.chosen.finish_reason),
+            "message": (message := message_of(r, outcome.plan.visibility, outcome.plan)),
+            "finish_reason": "tool_calls" if message.get("tool_calls") else finish_of(r.chosen.finish_reason),
             "logprobs": logprobs_of(r) if outcome.plan.logprobs else None,
         })
     return {

@@ -66,6 +66,9 @@ class SampleSpec:
     monitor: Callable[[], Monitor] | None = field(default=None, compare=False)
     #: an OpenAI ``response_format`` for upstreams that take it as is
     response_format: dict | None = None
+    #: the client's functions (OpenAI ``tools``) and its ``tool_choice``: calls go back to the client
+    client_tools: tuple = field(default=(), compare=False)
+    tool_choice: Any = None
 
     def seeded(self, offset: int) -> "SampleSpec":
         """The same sample with seed + offset (independent draws of one request)."""

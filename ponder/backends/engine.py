@@ -257,7 +257,7 @@ class Engine:
         self._cache: OrderedDict[int, tuple[int, ...]] = OrderedDict()  # cache slot -> prompt tokens (LRU)
         self._free_cache = list(range(max_sequences, max_sequences + cache_slots))
         self._reserved = 0
-        self._resumes: deque[tuple[_Seq, str]] = deque()
+        self._resumes: deque[tuple[_Seq, str, bool]] = deque()
         #: mailboxes that received events this step: flushed once per step (one wake-up per loop, not per token)
         self.dirty: set = set()
         self._closed = False
@@ -302,10 +302,10 @@ class Engine:
             self._incoming.append(_Group(list(prompt), list(members)))
             self._cond.notify()
 
-    def resume(self, handle: Any, text: str) -> None:
-        """Continue a sequence paused for a tool with the tool's result."""
+    def resume(self, handle: Any, text: str, *, answer_now: bool = False) -> None:
+        """Continue a sequence paused for a tool with the tool's result (then its answer, if ``answer_now``)."""
         with self._cond:
-            self._resumes.append((handle, text))
+            self._resumes.append((handle, text, answer_now))
             self._cond.notify()
 
     def load(self) -> dict:
@@ -341,8 +341,8 @@ class Engine:
                 resumes = list(self._resumes)
                 self._resumes.clear()
             try:
-                for seq, text in resumes:
-                    self._resume(seq, text)
+                for seq, text, answer_now in resumes:
+                    self._resume(seq, text, answer_now)
                 self._drop_dead_waiting()
                 for s in [s for s in self._seqs if s.state == "paused"]:
                     self._check_interrupt(s)
@@ -649,12 +649,12 @@ class Engine:
             return False
         raise BackendError(f"unknown controller decision {d.kind!r}")  # pragma: no cover
 
-    def _resume(self, s: _Seq, text: str) -> None:
+    def _resume(self, s: _Seq, text: str, answer_now: bool = False) -> None:
         if s.state != "paused":
             return
         s.state = "decode"
         s.paused_since = None
-        self._act(s, s.req.controller.tool_result(text), "stop")
+        self._act(s, s.req.controller.tool_result(text, answer_now=answer_now), "stop")
 
     def _rewrite(self, s: _Seq, d: Decision) -> None:
         """Make the sequence's continuation ``text[:keep] + append``: trim the KV, prefill the new text."""

@@ -94,7 +94,12 @@ class LlamaCppBackend(Backend):
     async def _draw(self, spec: SampleSpec, offsets: list[int], on_event: EventSink | None,
                     relabel: int = 0) -> list[Generation]:
         loop = asyncio.get_running_loop()
-        tools_prompt = spec.tools.prompt() if spec.tools is not None else None
+        notes = [spec.tools.prompt()] if spec.tools is not None else []
+        if spec.client_tools:
+            from ponder.tools.client import tools_prompt as client_prompt
+
+            notes.append(client_prompt(spec.client_tools, spec.tool_choice))
+        tools_prompt = "\n\n".join(notes) or None
         prompt = control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking, tools_prompt)
         ids = self._prompt_ids(prompt)
         think = 0 if spec.given_thinking is not None else spec.budget.max_tokens
@@ -149,10 +154,11 @@ class LlamaCppBackend(Backend):
                 elif isinstance(ev, Failed):
                     raise ev.error
                 elif isinstance(ev, ToolRequest):
-                    result, record = await spec.tools.call(ev.payload)
+                    result, record = await spec.tools.call(ev.payload, depth=len(tools))
                     tools.append(record)
                     usage.tool_tokens += self.count_tokens(result)
-                    self.engine.resume(ev.handle, result)
+                    # past a limit the sequence is told so and moves to its answer
+                    self.engine.resume(ev.handle, result, answer_now=spec.tools.exhausted(len(tools)))
                 else:
                     clock.saw(ev)
                     if on_event is not None:

@@ -45,6 +45,7 @@ from ponder.thinking import control
 from ponder.thinking.control import ChatPiece, StreamStats
 from ponder.thinking.machine import Event
 from ponder.thinking.split import ThinkSplitter
+from ponder.tools.client import openai_messages
 from ponder.types import Generation, Message, TokenLogprob
 
 log = logging.getLogger("ponder.upstream")
@@ -70,9 +71,25 @@ class DeltaParser:
         self.saw_reasoning_field = False
         #: deltas held back whole (a tag may be forming): their tokens ride on the next piece
         self._owed = 0
+        #: structured tool calls by index ({"name", "arguments"}), rendered at the end
+        self.tool_calls: dict[int, dict[str, str]] = {}
+        self._call_tokens = 0
 
     def feed(self, delta: dict[str, Any], logprob: TokenLogprob | None = None) -> list[ChatPiece]:
         out: list[ChatPiece] = []
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            # structured calls stream in fragments (name first, arguments in pieces): gathered by index
+            for c in calls:
+                if not isinstance(c, dict):
+                    continue
+                slot = self.tool_calls.setdefault(int(c.get("index") or 0), {"name": "", "arguments": ""})
+                fn = c.get("function") or {}
+                if isinstance(fn.get("name"), str):
+                    slot["name"] += fn["name"]
+                if isinstance(fn.get("arguments"), str):
+                    slot["arguments"] += fn["arguments"]
+                self._call_tokens += 1
         for name in REASONING_FIELDS:
             r = delta.get(name)
             if r and isinstance(r, str):
@@ -100,6 +117,13 @@ class DeltaParser:
         if not out and self._owed:
             out = [ChatPiece("thinking" if self._splitter.in_thinking else "answer", "", self._owed)]
         self._owed = 0
+        if self.tool_calls:
+            # the upstream's calls, as the same text the embedded model writes (see ponder.tools.client)
+            from ponder.tools.client import render_call
+
+            text = "\n".join(render_call(c["name"], c["arguments"]) for _, c in sorted(self.tool_calls.items()))
+            out.append(ChatPiece("answer", "\n" + text, self._call_tokens))
+            self.tool_calls, self._call_tokens = {}, 0
         return out
 
 
@@ -165,7 +189,7 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
         sampling = spec.sampling
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": openai_messages(messages),
             "max_tokens": max_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -181,6 +205,10 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
             body["top_logprobs"] = sampling.top_logprobs
         if spec.response_format is not None:
             body["response_format"] = spec.response_format
+        if spec.client_tools:
+            body["tools"] = list(spec.client_tools)
+            if spec.tool_choice is not None:
+                body["tool_choice"] = spec.tool_choice
         if not thinking:
             body.update(self._no_think_body)
         return body

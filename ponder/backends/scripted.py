@@ -109,10 +109,10 @@ class ScriptedBackend(Backend, control.ChatEngine):
                 if self._delay:
                     await asyncio.sleep(self._delay)
                 if d.kind == "tool":
-                    result, record = await spec.tools.call(d.payload)
+                    result, record = await spec.tools.call(d.payload, depth=len(tools))
                     tools.append(record)
                     usage.tool_tokens += self.count_tokens(result)
-                    d = m.tool_result(result)
+                    d = m.tool_result(result, answer_now=spec.tools.exhausted(len(tools)))
                 if d.kind != "continue":
                     break
             else:

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ponder import __version__
 from ponder.api.request import ChatCompletionRequest, parse_body
-from ponder.api.response import chunk, completion_body, finish_of, logprobs_of, ponder_block
+from ponder.api.response import answer_and_calls, chunk, completion_body, finish_of, logprobs_of, ponder_block
 from ponder.errors import (
     InvalidRequest,
     NotFound,
@@ -307,8 +307,13 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
                                      ponder={"summary": {"text": ev.text, "thinking_tokens": ev.thinking_tokens}}))
                 elif isinstance(ev, ChoiceEnd):
                     finished.add(ev.index)
+                    calls = answer_and_calls(ev.result, plan)[1]
+                    if calls:
+                        yield emit(chunk(cid, created, model_name, index=ev.index, delta=delta(
+                            ev.index, tool_calls=[{"index": k, **c} for k, c in enumerate(calls)])))
                     yield emit(chunk(cid, created, model_name, index=ev.index, delta=delta(ev.index),
-                                     finish_reason=finish_of(ev.result.chosen.finish_reason)))
+                                     finish_reason="tool_calls" if calls
+                                     else finish_of(ev.result.chosen.finish_reason)))
                 elif isinstance(ev, Ended):
                     ended = True
                     o = ev.outcome

@@ -101,6 +101,9 @@ class StrategyRequest:
     tools: Any = field(default=None, compare=False)
     #: an OpenAI response_format for upstreams that take it as is
     response_format: dict | None = field(default=None, compare=False)
+    #: the client's functions and tool_choice (the call is returned, not run)
+    client_tools: tuple = field(default=(), compare=False)
+    tool_choice: Any = field(default=None, compare=False)
     #: allocates globally unique sample indices for this request (shared by every round)
     counter: Any = field(default=None, compare=False)
 

@@ -43,7 +43,7 @@ def spec_of(request: StrategyRequest, messages: tuple[Message, ...] | None = Non
     return SampleSpec(
         messages=messages or request.messages, budget=request.budget, sampling=request.sampling,
         loop_guard=request.loop_guard, cancel=request.cancel, deadline=request.deadline, tools=request.tools,
-        response_format=request.response_format,
+        response_format=request.response_format, client_tools=request.client_tools, tool_choice=request.tool_choice,
     )
 
 

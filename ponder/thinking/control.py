@@ -51,7 +51,9 @@ def raw_prompt(backend: "Backend", messages: Sequence[Message], budget: Thinking
     convo = conversation(backend.info, messages, ThinkingBudget(max(1, budget.max_tokens)) if thinking_on else budget)
     if tools_prompt:
         convo = prompts.with_system_note(convo, tools_prompt)
-    prompt = backend.render_chat(convo)
+    from ponder.tools.client import as_text_turns
+
+    prompt = backend.render_chat(as_text_turns(convo))
     opened = prompt.rstrip().endswith("<think>")
     if given_thinking is not None:
         return prompt + ("" if opened else "<think>\n") + given_thinking.strip() + prompts.CLOSE_THINKING

@@ -256,16 +256,20 @@ class ThinkingMachine:
         self._tool_at = end
         return Decision("tool", keep=end, payload=payload.strip())
 
-    def tool_result(self, text: str) -> Decision:
+    def tool_result(self, text: str, *, answer_now: bool = False) -> Decision:
         """Append a tool's result to the thinking; the model reads it and thinks on.
 
         The result's tokens are input the model reads, not thinking it wrote:
-        the driver counts them as ``tool_tokens``.
+        the driver counts them as ``tool_tokens``.  ``answer_now``: a tool
+        limit is reached, so thinking ends here and the answer phase begins.
         """
         keep = self._tool_at if self._tool_at is not None else len(self.text)
         self._tool_at = None
         block = f"\n<tool_response>\n{text}\n</tool_response>\n"
         self._emit_thinking(block, guard=False)
+        if answer_now and self.phase == "thinking":
+            self.text = self.text[:keep] + block
+            return self._cut("tools", len(self.text))
         if self.used >= self.budget.max_tokens:
             self.text = self.text[:keep] + block
             return self._cut("budget", len(self.text))
