@@ -163,6 +163,7 @@ class Run:
         self._first_answer: float | None = None
         self._live_used: dict[tuple[int, int], int] = {}
         self._answer_streamed: set[int] = set()
+        self._cache_info: dict | None = None
         self._summary_tasks: set[asyncio.Task] = set()
         self._summaries: list[tuple[Usage, float]] = []
         self._summary_state: dict[int, dict] = {}
@@ -193,8 +194,20 @@ class Run:
         error: PonderError | None = None
         status = 200
         plan_used = self.plan
+        cache = self.service.answer_cache
+        ckey = cache.key_for(self.plan)
+        hit = None
         try:
-            if self.deadline is not None:
+            if ckey is not None and self.plan.cache == "use":
+                hit = await cache.get(ckey)
+            if hit is not None:
+                results = hit.results
+                self._cache_info = {"hit": True, "age_s": round(hit.age_s, 3),
+                                    "saved": {"usage": hit.saved_usage, "cost_usd": hit.saved_cost_usd}}
+                for i, r in enumerate(results):
+                    self._replay_chosen(i, r)
+                    self.events.put_nowait(ChoiceEnd(i, r))
+            elif self.deadline is not None:
                 # a hard stop: the deadline cuts thinking, the answer gets its grace, then everything ends
                 hard = self.deadline.left() + self.service.config.server.answer_grace_s + 2.0
                 try:
@@ -212,7 +225,14 @@ class Run:
             elif self.deadline is not None and self.deadline.passed and \
                     not any(r.usage.completion_tokens for r in results):
                 status, error = 504, DeadlineExceeded("the request's deadline passed before anything was generated")
-            await self._final_summaries(results)
+            if hit is None:
+                await self._final_summaries(results)
+            if ckey is not None and hit is None:
+                self._cache_info = {"hit": False}
+                if error is None and results and all(r.chosen.finish_reason in ("stop", "length") and
+                                                     r.stopped is None for r in results):
+                    usage = sum((a.usage for a in attempts), Usage())
+                    await cache.put(ckey, results, usage, sum(a.cost_usd for a in attempts))
         except asyncio.CancelledError:
             if self.cancel.why() == "shutdown":
                 status, error = 503, ShuttingDown("the gateway shut down before this request finished")
@@ -427,6 +447,8 @@ class Run:
             extra["cascade"] = cascades[0] if len(cascades) == 1 else cascades
         if plan.degraded:
             extra["degraded"] = plan.degraded
+        if self._cache_info is not None:
+            extra["cache"] = self._cache_info
         if plan.clamped:
             extra["clamped"] = plan.clamped
         if len(attempts) > 1 or (attempts and attempts[-1].lane != self.plan.lane.name):

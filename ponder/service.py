@@ -69,6 +69,10 @@ class Ponder:
 
         #: tool results by (tool, arguments), shared by this service's requests
         self.tool_cache = ToolCache()
+        from ponder.cache import AnswerCache
+
+        #: answers of exact repeats, in the state store (memory, or Redis shared by replicas)
+        self.answer_cache = AnswerCache(config.cache, config.state.url)
         if policy is not None:
             policy.check_against(config)
             fast = config.lane(policy.lane_name(policy.bands[0], config))
@@ -109,6 +113,7 @@ class Ponder:
         from ponder.verifiers.equivalence import shutdown_pool
 
         shutdown_pool()
+        await self.answer_cache.aclose()
         self.ledger.close()
 
     def close(self) -> None:

@@ -24,13 +24,18 @@ class Point:
     budget: str  # "think=64" or "effort=low"
     strategy: str
     n: int
+    #: built-in tools of this configuration, "+"-joined ("" = none)
+    tools: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.model}|{self.budget}|{self.strategy}|n={self.n}"
+        return f"{self.model}|{self.budget}|{self.strategy}|n={self.n}" + (f"|tools={self.tools}" if self.tools else "")
 
     def as_dict(self) -> dict:
-        return {"key": self.key, "model": self.model, "budget": self.budget, "strategy": self.strategy, "n": self.n}
+        d = {"key": self.key, "model": self.model, "budget": self.budget, "strategy": self.strategy, "n": self.n}
+        if self.tools:
+            d["tools"] = self.tools
+        return d
 
 
 @dataclass
@@ -62,7 +67,7 @@ class BenchConfig:
     prompt: str = "{question}\nGive only the final answer."
     latency_slo_s: float | None = None
     min_accuracy: float | None = None
-    #: built-in tools swept as a dimension: [] (none) and/or lists like ["python"]
+    #: built-in tools swept as a dimension besides no tools: e.g. ["python", "calculator", "python+calculator"]
     tools: list[str] = field(default_factory=list)
     #: alternatives kept per generated token (0: automatic — 5 when a confidence strategy is in the grid,
     #: so every pooled draw carries what DeepConf's token confidence needs)
@@ -76,6 +81,13 @@ class BenchConfig:
     def validate(self) -> None:
         if not self.tasks and not self.data:
             raise ConfigError("nothing to run: give --suite, --task or --data", param="--task")
+        from ponder.tools import TOOLS
+
+        for entry in self.tools:
+            for t in entry.split("+"):
+                if t.strip() not in (*TOOLS, "none", ""):
+                    raise ConfigError(f"unknown tool {t.strip()!r}; built-in tools are {', '.join(TOOLS)} "
+                                      f"(join with + to give both)", param="--tools")
         if self.efforts is not None and self.budgets is not None:
             raise ConfigError("give --efforts or --budgets, not both", param="--budgets")
         for e in self.efforts or []:
@@ -125,11 +137,21 @@ class BenchConfig:
     def points(self, model: str) -> list[Point]:
         """Every configuration for one model, largest N first (so a pool is filled in one go)."""
         out = []
-        for b in self.budget_labels():
-            for s in self.strategies:
-                for n in sorted(self.ns_for(s), reverse=True):
-                    out.append(Point(model, b, s, n))
+        for t in self.tool_sets():
+            for b in self.budget_labels():
+                for s in self.strategies:
+                    for n in sorted(self.ns_for(s), reverse=True):
+                        out.append(Point(model, b, s, n, t))
         return out
+
+    def tool_sets(self) -> list[str]:
+        """The tools dimension: always the run without tools, then each ``--tools`` entry ("a+b" = both)."""
+        sets = [""]
+        for entry in self.tools:
+            names = "+".join(sorted({t.strip() for t in entry.split("+") if t.strip() and t.strip() != "none"}))
+            if names and names not in sets:
+                sets.append(names)
+        return sets
 
     def strategy_params(self, point: Point) -> dict[str, Any]:
         raw = dict(self.params.get(point.strategy, {}))

@@ -142,6 +142,8 @@ def request_body(cfg: BenchConfig, point: Point, item: Item, seed: int) -> dict[
         "max_tokens": cfg.answer_tokens,
         "ponder": {"strategy": point.strategy, "params": cfg.strategy_params(point)},
     }
+    if point.tools:
+        body["ponder"]["tools"] = point.tools.split("+")
     if cfg.logprobs_k():
         body["logprobs"] = True
         body["top_logprobs"] = cfg.logprobs_k()
@@ -348,11 +350,12 @@ def run_bench(cfg: BenchConfig, out: Path, *, resume: bool = False, progress: bo
 
 
 def planned_generations(cfg: BenchConfig, points: list[Point]) -> int:
-    """Samples one (model, item) unit draws: one pool of the largest N per budget, plus the unpooled strategies."""
+    """Samples one (model, item) unit draws: one pool of the largest N per (budget, tools), plus the unpooled
+    strategies."""
     total = 0
-    by_budget: dict[str, list[Point]] = {}
+    by_budget: dict[tuple[str, str], list[Point]] = {}
     for p in points:
-        by_budget.setdefault(p.budget, []).append(p)
+        by_budget.setdefault((p.budget, p.tools), []).append(p)
     for pts in by_budget.values():
         pooled_n = [p.n for p in pts if is_pooled(p.strategy)]
         total += max(pooled_n) if pooled_n else 0
@@ -401,7 +404,7 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
             for point in points[lane.name]:
                 if (point.key, item.id) in state.done:
                     continue
-                pool = pools.setdefault(point.budget, SamplePool())
+                pool = pools.setdefault((point.budget, point.tools), SamplePool())
                 line = await run_point(ponder, backend, cfg, point, item, seeds[item.id], pool, memo,
                                        cancel=cancel, sink=sink)
                 log.write(json.dumps(line) + "\n")

@@ -93,6 +93,9 @@ class Metrics:
             self.errors.labels(lane, outcome.error.code or outcome.error.type).inc()
         if outcome.plan.degraded:
             self.degraded.labels(lane).inc()
+        c = outcome.extra.get("cache")
+        if c is not None:
+            self.cache.labels("hit" if c.get("hit") else "miss").inc()
         if lane != outcome.plan.lane.name:
             self.fallbacks.labels(lane).inc()
         k = self.key_label(outcome.key)
