@@ -17,9 +17,12 @@ Target: >= 95% of all-reasoning accuracy at <= 50% of its tokens.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
-from ponder.lab.config import build_bench_config
+from ponder.errors import PonderError
+from ponder.lab.config import BenchConfig, build_bench_config
 from ponder.lab.runner import run_bench
 from ponder.routing import calibrate, classifier
 from ponder.routing.classifier import ClassifierRouter
@@ -55,9 +58,21 @@ def main() -> None:
     ap.add_argument("--write-default-classifier", action="store_true")
     args = ap.parse_args()
     run = Path(args.run)
-    if not (run / "results.json").exists() and not (run / "run.json").exists():
-        run_bench(build_bench_config({"suite": "mixed", "models": args.model, "limit": args.limit}), run)
-    items = load_runs([run])
+    try:
+        if (run / "run.json").exists():
+            made = json.loads((run / "run.json").read_text())
+            models = (made.get("config") or {}).get("models") or []
+            if models and args.model not in models:
+                sys.exit(f"error: {run} holds a run of {', '.join(models)}, not {args.model}; give --model "
+                         f"{models[0]} to use it, or --run a new directory")
+            if not (run / "results.json").exists():
+                print(f"{run} holds an unfinished run: resuming it", file=sys.stderr)
+                run_bench(BenchConfig(), run, resume=True)
+        else:
+            run_bench(build_bench_config({"suite": "mixed", "models": args.model, "limit": args.limit}), run)
+        items = load_runs([run])
+    except PonderError as exc:
+        sys.exit(f"error: {exc.param + ': ' if exc.param else ''}{exc.message}")
     fast, strong = default_fast_strong(items)
     print(f"{len(items)} items from {run}; fast = {fast}; reasoning = {strong}; 2-fold: tuned on one half, "
           f"measured on the other")

@@ -44,6 +44,7 @@ COMMANDS = {
     "tune": "ponder.routing.cli:tune_cmd",
     "usage": "ponder.usage:usage_cmd",
     "keys": "ponder.tenancy.cli:keys_cmd",
+    "distill": "ponder.distill:distill_cmd",
 }
 
 
@@ -92,6 +93,7 @@ def main() -> None:
     ponder tune        write a routing policy from lab runs
     ponder usage       report requests, tokens and dollars from the ledger
     ponder keys        make API keys for the gateway
+    ponder distill     rejection-sample verified reasoning traces into an SFT dataset
     """
 
 

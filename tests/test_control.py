@@ -201,3 +201,24 @@ def test_machine_rewrite_keeps_text_consistent():
     assert d.kind == "rewrite" and m.phase == "answer"
     assert m.text == "a b c d" + prompts.CLOSE_THINKING + prompts.ANSWER_CUE
     assert m.text[: d.keep] == "a b c d"
+
+
+def test_structured_output_always_gets_its_answer_phase_even_after_a_stated_result():
+    from ponder.thinking.machine import ThinkingMachine
+    from ponder.types import ThinkingBudget
+
+    def run(structured: bool):
+        m = ThinkingMachine(ThinkingBudget(64), max_answer_tokens=32, structured=structured)
+        for piece in ["12 + 7 = 19.", " The final answer is 19."]:
+            m.feed(piece)
+        d = m.end_of_turn()  # the model ends its turn inside the think, having stated its result
+        return m, d
+
+    plain, d = run(False)
+    assert plain.phase == "done" and plain.final_answer()[1] == "thinking"  # without a grammar it ends there
+    m, d = run(True)
+    assert m.phase == "answer" and d.kind == "rewrite", "a grammar-bound answer needs its answer phase"
+    for piece in ['{"result": ', "19}"]:
+        m.feed(piece)
+    m.end_of_turn()
+    assert m.final_answer() == ('{"result": 19}', "answer")

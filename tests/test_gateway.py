@@ -339,3 +339,50 @@ def test_sixteen_concurrent_requests_all_complete_with_their_own_usage(tmp_path)
         assert time.time() - t0 < 180
     finally:
         g.stop()
+
+
+def test_structured_output_parse_with_a_pydantic_model_on_the_embedded_engine(client):
+    from pydantic import BaseModel
+
+    class Sum(BaseModel):
+        question: str
+        result: int
+
+    r = client.chat.completions.parse(model="default", messages=[{"role": "user", "content":
+                                      "What is 12 + 7? Reply as JSON with the question and the result."}],
+                                      response_format=Sum, max_tokens=64, seed=3,
+                                      extra_body={"max_thinking_tokens": 24})
+    parsed = r.choices[0].message.parsed
+    assert isinstance(parsed, Sum), r.choices[0].message.content  # the grammar makes it valid, right or not
+    json.loads(r.choices[0].message.content)
+
+
+def test_logprobs_come_back_for_each_answer_token(client):
+    r = client.chat.completions.create(model="default", messages=Q, max_tokens=12, seed=4, logprobs=True,
+                                       top_logprobs=3, extra_body={"max_thinking_tokens": 16})
+    lp = r.choices[0].logprobs.content
+    assert lp, "logprobs were asked for"
+    answer_tokens = r.usage.completion_tokens - r.usage.completion_tokens_details.reasoning_tokens
+    assert len(lp) == answer_tokens
+    assert "".join(t.token for t in lp).strip() == r.choices[0].message.content.strip()
+    for t in lp:
+        assert t.logprob <= 0 and 1 <= len(t.top_logprobs) <= 3
+        assert max(a.logprob for a in t.top_logprobs) >= t.logprob - 1e-6
+
+
+@pytest.mark.parametrize("field, value", [("functions", [{"name": "f"}]), ("audio", {"voice": "alloy"}),
+                                          ("modalities", ["text", "audio"]), ("prediction", {"type": "content"})])
+def test_fields_ponder_does_not_implement_are_400_naming_them(gw, field, value):
+    r = httpx.post(gw.url("/v1/chat/completions"), json={"messages": Q, field: value}, timeout=30)
+    assert r.status_code == 400 and field in (r.json()["error"].get("param") or r.json()["error"]["message"])
+
+
+def test_unknown_routes_and_models_get_openai_error_bodies(gw):
+    r = httpx.get(gw.url("/v1/nope"), timeout=10)
+    assert r.status_code == 404 and "error" in r.json() and "detail" not in r.json()
+    m = httpx.get(gw.url("/v1/models/default"), timeout=10)
+    assert m.status_code == 200 and m.json()["id"] == "default" and m.json()["object"] == "model"
+    missing = httpx.get(gw.url("/v1/models/nope"), timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    bad = httpx.post(gw.url("/v1/chat/completions"), json={"messages": Q, "temperature": 9}, timeout=10)
+    assert bad.status_code == 400 and "Value error" not in bad.json()["error"]["message"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ import pytest
 from ponder.backends.scripted import ScriptedBackend
 from ponder.errors import ConfigError
 from ponder.lab import audit
-from ponder.lab.compare import compare
+from ponder.lab.compare import compare, compare_table
 from ponder.lab.config import BenchConfig
 from ponder.lab.pool import SamplePool
 from ponder.lab.results import build_results, recommend, sampling_metrics
@@ -288,6 +289,17 @@ def test_compare_matches_configurations_and_reports_deltas():
     (row,) = d["rows"]
     assert row["delta_accuracy"] == pytest.approx(0.5) and row["tokens_ratio"] == pytest.approx(2.0)
     assert row["p_value"] < 0.05
+    assert d["warnings"] == []
+
+
+def test_compare_warns_when_the_runs_cover_different_items():
+    a = build_results([line("m|think=0|single|n=1", str(i), True) for i in range(10)], run={}, items=10,
+                      wall_s=None, partial=False)
+    b = build_results([line("m|think=0|single|n=1", str(i + 5), True) for i in range(10)], run={}, items=10,
+                      wall_s=None, partial=False)
+    d = compare(a, b)
+    assert d["rows"] and d["warnings"] and "different items" in d["warnings"][0]
+    assert "WARNING: the runs cover different items" in compare_table(d, "a", "b")
 
 
 # -- audit perturbations -----------------------------------------------------------------------------
@@ -323,3 +335,77 @@ def test_audit_reports_how_often_answers_follow_the_trace(tmp_path):
     assert (out / "audit.json").exists()
     # contradicting adds no number: the faithful-to-last-number engine keeps its answer
     assert s["contradict_step"]["answer_changed"] == 0.0
+
+
+# -- the report's defects, each pinned ------------------------------------------------------------
+
+def _small_results(tmp_path):
+    out = tmp_path / "run"
+    res = run_bench(data_config(tmp_path, strategies=["single"], n=[1]), out,
+                    backends={"scripted": counting_backend(["1", "2", "3", "4", "5"])}, progress=False)
+    return build_results(res.lines, run=json.loads((out / "run.json").read_text()), items=4, wall_s=1.0,
+                         partial=False), out
+
+
+def test_report_tables_escape_the_pipes_in_configuration_keys(tmp_path):
+    from ponder.lab.report import write_markdown
+
+    results, out = _small_results(tmp_path)
+    md = out / "check.md"
+    write_markdown(results, md)
+    for block in md.read_text().split("\n\n"):
+        rows = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if not rows:
+            continue
+        cells = [len(re.split(r"(?<!\\)\|", ln)) for ln in rows]
+        assert len(set(cells)) == 1, f"a row splits into more cells than its header: {rows}"
+    assert "scripted\\|think=0\\|single\\|n=1" in md.read_text()
+
+
+def test_no_knee_means_the_recommendation_does_not_claim_one_and_the_plot_draws_none(tmp_path):
+    from ponder.lab.report import plot_accuracy_vs_tokens, plot_pareto
+
+    results, out = _small_results(tmp_path)  # two budgets per curve: no knee can exist
+    assert all(c["knee"] is None for c in results["curves"])
+    assert not results["recommendation"]["reason"].startswith("knee")
+    drawn = plot_accuracy_vs_tokens(results, out / "a.png")
+    assert "knee" not in drawn["title"] and drawn["xscale"] == "log"
+    p = plot_pareto(results, out / "p.png")
+    assert p["xscale"] == "log", "both plots put compute on the same (log) axis"
+    assert "Pareto frontier" in p["legend"] and p["frontier_points"] >= 1
+
+
+def test_matched_compute_shows_a_configuration_in_its_own_column():
+    from ponder.lab.results import matched_compute
+
+    def c(key, tokens, acc):
+        return {"key": key, "model": "m", "strategy": "single",
+                "metrics": {"completion_tokens": {"mean": tokens}, "accuracy": acc}}
+
+    mc = matched_compute([c("a", 144.74, 0.5), c("b", 146.26, 0.6)])
+    assert mc["levels"] == [144.7, 146.3]
+    assert mc["strategies"]["m / single"] == [0.5, 0.6]
+
+
+def test_bench_routing_on_a_directory_of_another_model_explains_instead_of_crashing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"models": ["smollm2"]}}))
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "bench/routing.py"), "--run", str(tmp_path), "--model",
+                        "qwen2.5-coder-0.5b"], capture_output=True, text=True, timeout=120, cwd=root)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "holds a run of smollm2" in r.stderr and "--model smollm2" in r.stderr
+
+
+def test_the_plan_and_a_measured_estimate_are_announced_before_the_bulk_of_the_work(tmp_path):
+    said = []
+    run_bench(data_config(tmp_path), tmp_path / "run", backends={"scripted": counting_backend(["1"])},
+              progress=False, announce=said.append)
+    planned = next(m for m in said if m.startswith("planned:"))
+    assert "24 configuration results" in planned and "generations" in planned
+    est = [m for m in said if m.startswith("estimate:")]
+    assert len(est) == 1 and "s per generation" in est[0] and "--resume" in est[0]
+    assert said.index(planned) < said.index(est[0])

@@ -80,3 +80,34 @@ def test_bad_input_names_the_flag(tmp_path, args, flag):
     p = ponder("bench", *args, "--out", str(tmp_path / "r"), "--no-progress", timeout=60)
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr.startswith(f"error: {flag}") and "Traceback" not in p.stderr
+
+
+def test_ctrl_c_stops_a_real_bench_within_5_s_and_resume_finishes_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ponder.cli", "bench", "--task", "chain_sum:min_terms=2,max_terms=2,max_digits=1",
+           "--limit", "3", "--budgets", "32", "--strategies", "single,self-consistency", "--n", "2",
+           "--concurrency", "1", "--out", str(out), "--no-progress"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "samples.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None and not (log.exists() and log.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    assert p.poll() is None, "the run ended before it could be interrupted"
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    stopped_in = time.time() - t0
+    assert stopped_in <= 5.0, f"Ctrl-C took {stopped_in:.1f} s"
+    assert p.returncode == 130 and "--resume" in err
+    done = log.read_text().count("\n")
+    assert 1 <= done < 6
+    again = subprocess.run([sys.executable, "-m", "ponder.cli", "bench", "--resume", "--out", str(out),
+                            "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 6 == len({(r["config"]["key"], r["item"]) for r in lines})

@@ -141,9 +141,45 @@ def test_cli_json_and_errors():
     p = cli("--model", "Llama-3.1-70B", "--gpu", "H100", "--tp", "4", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["kv_bytes_per_token"] == 327_680
-    p = cli("--model", "Llama-3.1-70B", "--gpu", "H100")
+    p = cli("--model", "Llama-3.1-70B", "--gpu", "H100", "--tp", "1")
     assert p.returncode == 2 and "short by" in p.stderr and "Traceback" not in p.stderr
     p = cli("--model", "Llama-3.1-70B", "--gpu", "H100", "--tp", "3")
     assert p.returncode == 2 and "--tp" in p.stderr
     p = cli("cost", "--requests-per-month", "1000", "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["hosted"]
+
+
+def test_without_tp_the_smallest_that_fits_is_chosen_and_said():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ponder.cli", "plan", "--model", "Llama-3.1-70B", "--gpu", "H100-80GB"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "TP=4 chosen" in r.stderr and "TP=4" in r.stdout
+    assert "per request at full load" in r.stdout and "$/month (24/7" in r.stdout
+    from ponder.plan.capacity import Deployment, Workload, smallest_tp
+
+    tp, why = smallest_tp(find_model("Llama-3.1-70B"), Deployment(gpu=find_gpu("H100-80GB")), Workload())
+    assert tp == 4
+    with pytest.raises(Exception):  # TP=2 is too small: the choice is the smallest that fits
+        plan(find_model("Llama-3.1-70B"), Deployment(gpu=find_gpu("H100-80GB"), tp=2), Workload())
+
+
+def test_mla_has_no_kv_heads_replication_note():
+    r = plan(find_model("DeepSeek-R1"), Deployment(gpu=find_gpu("H200"), tp=8, weights_dtype="fp8"), Workload())
+    assert any(n.startswith("MLA") for n in r.notes)
+    assert not any("KV heads" in n for n in r.notes)
+
+
+def test_a_config_json_model_is_named_by_its_config_not_its_folder(tmp_path):
+    cfg = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 32, "hidden_size": 4096,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256}
+    d = tmp_path / "snapshots-abc123"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    arch = find_model(str(d / "config.json"))
+    assert "snapshots-abc123" not in arch.name and arch.name.startswith("LlamaForCausalLM (8.0B")
+    cfg["_name_or_path"] = "meta-llama/Llama-3.1-8B"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert find_model(str(d / "config.json")).name == "meta-llama/Llama-3.1-8B"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -322,3 +324,14 @@ def test_shedder_degrades_new_requests_and_rejects_past_the_ceiling():
     assert shed.thinking_in_flight == 0
     again, _ = shed.admit(plan(s, model="reasoning", reasoning_effort="high"), waiting=0)
     assert again.degraded is None
+
+
+def test_tune_says_when_it_writes_fewer_bands_than_asked(tmp_path):
+    out = mixed_run(tmp_path)
+    pol = tune([out], bands=4, config=two_lanes())
+    assert pol.source["bands_requested"] == 4
+    assert len(pol.bands) == 2 and pol.source["bands_merged"] == 2  # the easy quarters all chose the fast lane
+    r = subprocess.run([sys.executable, "-m", "ponder.cli", "tune", str(out), "--bands", "4", "--out",
+                        str(tmp_path / "p.yaml")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "asked for 4 bands, wrote 2: 2 neighbouring band(s) chose the same configuration" in r.stderr

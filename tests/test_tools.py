@@ -188,3 +188,25 @@ def test_past_the_depth_limit_the_sequence_answers(tiny_backend, scripted_calls)
     assert len(g.tools) == 1
     assert g.thinking_report.stopped == "tools"
     assert g.thinking.rstrip().endswith("</tool_response>"), "thinking ended right after the last allowed result"
+
+
+def test_a_fenced_python_block_in_the_thinking_is_a_call_of_the_python_tool():
+    from ponder.thinking.machine import ThinkingMachine
+
+    m = ThinkingMachine(ThinkingBudget(200), max_answer_tokens=16, tools=True, fenced_python=True)
+    seen = []
+    for piece in ["Let me compute.\n", "```py", "thon\nprint(17", " * 23)\n", "```", "\nmore"]:
+        d = m.feed(piece)
+        seen.append(d.kind)
+        if d.kind == "tool":
+            break
+    assert seen[-1] == "tool" and seen[:-1] == ["continue"] * (len(seen) - 1)
+    assert json.loads(d.payload) == {"name": "python", "arguments": {"code": "print(17 * 23)"}}
+    assert m.text[: d.keep].endswith("```")
+    # without the python tool a fenced block is just thinking
+    plain = ThinkingMachine(ThinkingBudget(200), max_answer_tokens=16, tools=True, fenced_python=False)
+    assert all(plain.feed(p).kind == "continue" for p in ["```python\n", "print(1)\n", "```\n"])
+    # a fence of another language is not a call and is not held back
+    other = ThinkingMachine(ThinkingBudget(200), max_answer_tokens=16, tools=True, fenced_python=True)
+    assert all(other.feed(p).kind == "continue" for p in ["```text\n", "hello\n", "```\n", "done"])
+    assert "hello" in other.thinking

@@ -56,14 +56,21 @@ def compare(a: dict, b: dict) -> dict:
             "tokens_a": ta, "tokens_b": tb, "tokens_ratio": (tb / ta) if ta else None,
             "p95_a": x["latency_s"]["p95"], "p95_b": y["latency_s"]["p95"],
         })
-    return {"matched_by": "budget|strategy|n" if single else "key", "rows": rows,
+    warnings = []
+    ia, ib = a.get("items") or {}, b.get("items") or {}
+    if ia.get("set_sha256") and ib.get("set_sha256") and ia["set_sha256"] != ib["set_sha256"] or \
+            ia.get("count") != ib.get("count") or ia.get("by_task") != ib.get("by_task"):
+        warnings.append(f"the runs cover different items (A: {ia.get('count')} items, B: {ib.get('count')}; "
+                        f"tasks or references differ): accuracy differences mix the change with the item sets")
+    return {"matched_by": "budget|strategy|n" if single else "key", "rows": rows, "warnings": warnings,
             "only_a": [k for k in ma if k not in mb], "only_b": [k for k in mb if k not in ma]}
 
 
 def compare_table(diff: dict, a_name: str, b_name: str) -> str:
     head = f"{'configuration':40} {'acc A':>6} {'acc B':>6} {'Δ acc':>7} {'p':>6} {'tok A':>8} {'tok B':>8} " \
            f"{'B/A':>6} {'p95 A':>6} {'p95 B':>6}"
-    out = [f"A = {a_name}", f"B = {b_name}", head, "-" * len(head)]
+    out = [f"A = {a_name}", f"B = {b_name}"] + [f"WARNING: {w}" for w in diff.get("warnings", [])] + \
+        [head, "-" * len(head)]
     for r in diff["rows"]:
         out.append(f"{r['config'][:40]:40} {fmt(r['accuracy_a']):>6} {fmt(r['accuracy_b']):>6} "
                    f"{r['delta_accuracy']:>+7.2f} {fmt(r['p_value']):>6} {fmt(r['tokens_a'], '.1f'):>8} "

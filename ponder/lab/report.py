@@ -82,7 +82,7 @@ def save_figure(fig, ax, path: Path) -> None:
     pyplot().close(fig)
 
 
-def plot_accuracy_vs_tokens(results: dict, path: Path) -> None:
+def plot_accuracy_vs_tokens(results: dict, path: Path) -> dict:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     cs = {c["key"]: c for c in results["configurations"]}
@@ -113,11 +113,14 @@ def plot_accuracy_vs_tokens(results: dict, path: Path) -> None:
     ax.set_xlabel("completion tokens per query (thinking + answer, log scale)")
     ax.set_ylabel("accuracy (full credit), 95% CI")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Accuracy vs compute (lines: each strategy's best points; circled: knee)")
+    knees = any(cur["knee"] for cur in results["curves"])
+    ax.set_title("Accuracy vs compute (lines: each strategy's best points" + ("; circled: knee)" if knees else ")"))
+    drawn = {"title": ax.get_title(), "xscale": ax.get_xscale()}
     save_figure(fig, ax, path)
+    return drawn
 
 
-def plot_pareto(results: dict, path: Path) -> None:
+def plot_pareto(results: dict, path: Path) -> dict:
     plt = pyplot()
     axis = results["pareto"]["axis"]
     cs = results["configurations"]
@@ -132,7 +135,8 @@ def plot_pareto(results: dict, path: Path) -> None:
         pts = [c for c in cs if c["strategy"] == s]
         ax.scatter([x_of(c) for c in pts], [c["metrics"]["accuracy"] for c in pts], label=s, alpha=0.8)
     fc = [next(c for c in cs if c["key"] == k) for k in front]
-    ax.plot([x_of(c) for c in fc], [c["metrics"]["accuracy"] for c in fc], "k--", lw=1, label="Pareto frontier")
+    ax.plot([x_of(c) for c in fc], [c["metrics"]["accuracy"] for c in fc], "k--", lw=1, marker="D", ms=4,
+            mfc="none", label="Pareto frontier")
     for c in fc:
         ax.annotate(f"{c['budget']} {c['strategy']} n{c['n']}", (x_of(c), c["metrics"]["accuracy"]),
                     textcoords="offset points", xytext=(4, -10), fontsize=7)
@@ -141,11 +145,17 @@ def plot_pareto(results: dict, path: Path) -> None:
         c = next(c for c in cs if c["key"] == rec)
         ax.scatter([x_of(c)], [c["metrics"]["accuracy"]], marker="*", s=220, color="gold", edgecolors="k",
                    zorder=5, label="recommended")
-    ax.set_xlabel("cost per query (USD)" if axis == "cost_usd" else "completion tokens per query (no prices set)")
+    if all(x_of(c) > 0 for c in cs):
+        ax.set_xscale("log")  # as in the accuracy-vs-tokens plot
+    ax.set_xlabel(("cost per query (USD)" if axis == "cost_usd" else "completion tokens per query (no prices set)")
+                  + (", log scale" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("accuracy (full credit)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Accuracy vs cost")
+    drawn = {"title": ax.get_title(), "xscale": ax.get_xscale(),
+             "legend": [t for t in ax.get_legend_handles_labels()[1]], "frontier_points": len(fc)}
     save_figure(fig, ax, path)
+    return drawn
 
 
 # ---------------------------------------------------------------------------
@@ -168,9 +178,14 @@ def _task_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _md_cell(text: str) -> str:
+    """A table cell: configuration keys hold '|', which would split the row in every Markdown renderer."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out = ["| " + " | ".join(_md_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 

@@ -7,6 +7,7 @@ always be rebuilt.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -173,7 +174,7 @@ def matched_compute(configs: list[dict], levels: int = 5) -> dict[str, Any]:
         for j, level in enumerate(xs):
             acc = [c["metrics"]["accuracy"] for c in configs
                    if f"{c['model']} / {c['strategy']}" == name
-                   and (c["metrics"]["completion_tokens"]["mean"] or 0.0) <= level + 1e-9]
+                   and round(c["metrics"]["completion_tokens"]["mean"] or 0.0, 1) <= level]
             table[name][j] = max(acc) if acc else None
     return {"levels": xs, "strategies": table}
 
@@ -190,8 +191,12 @@ def recommend(configs: list[dict], axis: str, latency_slo_s: float | None, min_a
         pts = [(compute_of(_by_key(configs, k), axis), _by_key(configs, k)["metrics"]["accuracy"] or 0.0)
                for k in front]
         k = knee(pts)
-        key = front[k] if k is not None else (front[-1] if front else None)
-        return {"key": key, "reason": "knee of the accuracy-vs-compute frontier (no SLO or quality floor given)"}
+        if k is not None:
+            return {"key": front[k], "reason": "knee of the accuracy-vs-compute frontier (no SLO or quality floor "
+                                               "given)"}
+        return {"key": front[-1] if front else None,
+                "reason": "the most accurate point of the accuracy-vs-compute frontier (the frontier has no knee: "
+                          "fewer than three points or no bend; no SLO or quality floor given)"}
     feasible = [c for c in within if min_accuracy is None or (c["metrics"]["accuracy"] or 0.0) >= min_accuracy]
     if not feasible:
         best = max(within, key=lambda c: c["metrics"]["accuracy"] or 0.0) if within else None
@@ -220,6 +225,13 @@ def pareto(configs: list[dict], axis: str) -> dict:
     return {"axis": axis, "frontier": [configs[i]["key"] for i in pareto_front(pts)]}
 
 
+def _item_set_hash(lines: list[dict]) -> str:
+    import hashlib
+
+    pairs = sorted({(r["item"], r.get("expected_sha256") or "") for r in lines})
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
 def build_results(lines: list[dict], *, run: dict, items: int, wall_s: float | None, partial: bool,
                   latency_slo_s: float | None = None, min_accuracy: float | None = None) -> dict:
     lines = dedupe(lines)
@@ -245,7 +257,9 @@ def build_results(lines: list[dict], *, run: dict, items: int, wall_s: float | N
         "models": run.get("models"),
         "seeds": {"base": (run.get("config") or {}).get("seed"),
                   "per_item": "base * 100003 + item index; sample i of a configuration uses per_item + i"},
-        "items": {"count": items, "by_task": {k: len(v) for k, v in sorted(tasks.items())}},
+        "items": {"count": items, "by_task": {k: len(v) for k, v in sorted(tasks.items())},
+                  # which items (ids and reference answers): two runs compare fairly only on the same set
+                  "set_sha256": _item_set_hash(lines)},
         "partial": partial,
         "wall_s": wall_s,
         "compute_axis": axis,

@@ -378,7 +378,9 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
     cap = max((b for b in (cfg.budgets or [])), default=0) + cfg.answer_tokens
     announce(f"planned: {total_cfgs} configuration results ({len(items)} items x "
              f"{sum(len(v) for v in points.values())} configurations), about {todo_gens} generations of up to "
-             f"{cap} tokens each still to run" + (f" ({len(state.done)} already logged)" if state.done else ""))
+             f"{cap} tokens each still to run" + (f" ({len(state.done)} already logged)" if state.done else "")
+             + (f"; that is up to {todo_gens * cap:,} generated tokens: a long run (--limit makes it smaller)"
+                if todo_gens * cap > 500_000 else ""))
     bar = _progress(todo_gens, progress)
     t_start = time.perf_counter()
     interrupted = False
@@ -386,8 +388,17 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
     cancel = CancelToken()
     sem = asyncio.Semaphore(cfg.concurrency)
 
+    probe_at = max(1, min(16, todo_gens // 10))
+    t_gen0 = time.perf_counter()
+
     def on_generation(g: Generation) -> None:
         state.generations += 1
+        if state.generations == probe_at and todo_gens > probe_at:
+            # the estimate the plan line could not give: measured on this machine, this model, these budgets
+            per = (time.perf_counter() - t_gen0) / probe_at
+            rest = per * (todo_gens - probe_at)
+            announce(f"estimate: about {_duration(rest)} more ({per:.2f} s per generation over the first "
+                     f"{probe_at}); Ctrl-C stops within seconds and --resume continues")
         state.tokens += g.usage.thinking_tokens + g.usage.answer_tokens
         state.from_thinking += g.answer_source == "thinking"
         bar.update(1)
@@ -443,6 +454,14 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
     return RunOutcome(out=out, lines=read_samples(out), items=items, config=config, manifest=manifest,
                       wall_s=time.perf_counter() - t_start, interrupted=interrupted, engine_s=state.engine_s,
                       new_lines=state.lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _preflight(ponder: Ponder, cfg: BenchConfig, points: dict[str, list[Point]], item: Item) -> None:

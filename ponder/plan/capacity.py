@@ -200,7 +200,7 @@ def plan(arch: ModelArch, dep: Deployment, work: Workload) -> PlanReport:
         notes.append(f"MoE: {arch.active_b:g}B of {arch.params_b:g}B parameters read per decode step")
     if arch.attention == "mla":
         notes.append(f"MLA: KV is a {arch.kv_lora_rank}+{arch.rope_head_dim} latent per layer, replicated on each TP rank")
-    if replica_factor > 1.0001:
+    if replica_factor > 1.0001 and arch.attention != "mla":  # MLA's latent is one shared head: noted above
         notes.append(f"only {arch.kv_heads} KV heads for TP={tp}: KV is replicated {replica_factor:.1f}x")
     return PlanReport(
         model=arch.name, gpu=dep.gpu.name, tp=tp, weights_dtype=dep.weights_dtype, kv_dtype=dep.kv_dtype,
@@ -213,6 +213,27 @@ def plan(arch: ModelArch, dep: Deployment, work: Workload) -> PlanReport:
         usd_per_million_output_tokens=replica_usd_s / agg_tok_s * 1e6,
         usd_per_request=replica_usd_s * tta / conc, notes=notes,
     )
+
+
+def smallest_tp(arch: ModelArch, dep: Deployment, work: Workload) -> tuple[int, str]:
+    """The smallest TP (a divisor of the heads, whole nodes past one) at which the weights and one request fit."""
+    from dataclasses import replace
+
+    last: InvalidRequest | None = None
+    for tp in [t for t in _divisors(arch.heads) if t <= 64]:
+        if tp > dep.gpus_per_node and tp % dep.gpus_per_node:
+            continue
+        try:
+            plan(arch, replace(dep, tp=tp), work)
+        except InvalidRequest as exc:
+            last = exc
+            continue
+        nodes = max(1, math.ceil(tp / dep.gpus_per_node))
+        where = f" across {nodes} nodes" if nodes > 1 else ""
+        return tp, (f"TP={tp}{where} chosen: the smallest tensor-parallel degree at which {arch.name}'s weights "
+                    f"and one request's KV fit a {dep.gpu.name} (--tp to choose another)")
+    raise InvalidRequest(f"{arch.name} does not fit {dep.gpu.name} at any TP up to 64"
+                         + (f": {last.message}" if last else ""), param="--tp")
 
 
 def _validate(arch: ModelArch, dep: Deployment, work: Workload) -> None:

@@ -135,8 +135,10 @@ def arch_from_hf_config(path: Path) -> ModelArch:
     kv = int(cfg.get("num_key_value_heads") or heads)
     head_dim = int(cfg.get("head_dim") or hidden // heads)
     params = _estimate_params(cfg, layers, hidden, heads, kv, head_dim)
+    # a folder is not a model's name; the config's own words are
+    kind = (cfg.get("architectures") or [None])[0] or cfg.get("model_type") or "model"
     arch = ModelArch(
-        name=cfg.get("_name_or_path") or path.parent.name or path.stem,
+        name=cfg.get("_name_or_path") or f"{kind} ({params[0]:.1f}B, from {path.name})",
         layers=layers, hidden=hidden, heads=heads, kv_heads=kv, head_dim=head_dim,
         params_b=params[0], active_params_b=params[1],
         max_context=int(cfg.get("max_position_embeddings") or 131072),

@@ -16,7 +16,8 @@ def shared_options(f):
         click.option("--model", "model", default=None, help="Catalog name (see --list) or a Hugging Face config.json."),
         click.option("--gpu", "gpu", default=None, help="GPU name: A100-80GB, H100-80GB, H200-141GB, B200-192GB, L40S, L4, MI300X."),
         click.option("--gpus-per-node", type=int, default=8, show_default=True),
-        click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallel degree (GPUs per replica)."),
+        click.option("--tp", type=int, default=None,
+                     help="Tensor parallel degree (GPUs per replica); default: the smallest that fits."),
         click.option("--weights-dtype", default="bf16", show_default=True, type=click.Choice(["bf16", "fp16", "fp8", "int8", "int4"])),
         click.option("--kv-dtype", default="bf16", show_default=True, type=click.Choice(["bf16", "fp16", "fp8", "int8", "int4"])),
         click.option("--input-tokens", type=int, default=1000, show_default=True),
@@ -41,10 +42,18 @@ def _setup(model, gpu, gpus_per_node, tp, weights_dtype, kv_dtype, input_tokens,
     if not 0.1 <= memory_utilization <= 1.0:
         raise click.BadParameter("must be between 0.1 and 1.0", param_hint="--memory-utilization")
     arch = find_model(model)
-    dep = Deployment(gpu=find_gpu(gpu), tp=tp, gpus_per_node=gpus_per_node, weights_dtype=weights_dtype,
+    dep = Deployment(gpu=find_gpu(gpu), tp=tp or 1, gpus_per_node=gpus_per_node, weights_dtype=weights_dtype,
                      kv_dtype=kv_dtype, price_per_gpu_hour=price_per_gpu_hour, memory_utilization=memory_utilization)
     work = Workload(input_tokens=input_tokens, thinking_tokens=thinking_tokens, answer_tokens=answer_tokens,
                     target_qps=target_qps)
+    if tp is None:
+        from dataclasses import replace
+
+        from ponder.plan.capacity import smallest_tp
+
+        chosen, why = smallest_tp(arch, dep, work)
+        dep = replace(dep, tp=chosen)
+        click.echo(why, err=True)
     return arch, dep, work
 
 
@@ -133,16 +142,16 @@ def plan_cost(model, gpu, gpus_per_node, tp, weights_dtype, kv_dtype, input_toke
         return
     click.echo(f"{requests_per_month:,.0f} requests/month · {input_tokens} in / {answer_tokens} answer tokens · "
                f"{fast_share:.0%} routed to the fast lane · hosted prices as of {table.as_of}")
-    head = f"{'option':44} {'thinking':>9} {'$/month':>14} {'$/month routed':>15} {'$/request':>10}"
+    head = f"{'option':44} {'thinking':>9} {'$/month':>14} {'$/month routed':>15} {'$/req (volume)':>14}"
     click.echo(head)
     click.echo("-" * len(head))
     for r in rows:
         click.echo(f"{r['name']:44} {r['thinking_tokens']:>9,} {r['usd_per_month']:>14,.0f} "
-                   f"{r['usd_per_month_routed']:>15,.0f} {r['usd_per_request']:>10.4f}")
+                   f"{r['usd_per_month_routed']:>15,.0f} {r['usd_per_request']:>14.4f}")
     if self_hosted:
         label = f"self-host {self_hosted['model']} ({self_hosted['gpus']}x {self_hosted['gpu']})"
         click.echo(f"{label:44} {thinking_tokens:>9,} {self_hosted['usd_per_month']:>14,.0f} "
-                   f"{self_hosted['usd_per_month_routed']:>15,.0f} {self_hosted['usd_per_month'] / requests_per_month:>10.4f}")
+                   f"{self_hosted['usd_per_month_routed']:>15,.0f} {self_hosted['usd_per_month'] / requests_per_month:>14.4f}")
         click.echo(f"  (sized for the average {self_hosted['avg_qps']:.2f} QPS, 24/7; routed: {self_hosted['gpus_routed']} GPUs)")
 
 
@@ -164,14 +173,16 @@ def render(r: PlanReport, w: Workload) -> str:
         f"time to answer              {r.time_to_answer_s:>14,.1f} s at full batch ({r.time_to_answer_unloaded_s:,.1f} s alone; prefill {r.prefill_s:.2f} s)",
         f"sustained QPS               {r.qps_per_replica:>14,.3f} per replica",
         f"for {w.target_qps:g} QPS                  {r.replicas:>14,} replicas = {r.gpus} GPUs = {r.nodes} node(s)",
-        f"cost                        {r.usd_per_month:>14,.0f} $/month · ${r.usd_per_million_output_tokens:,.2f} per 1M output tokens · ${r.usd_per_request:,.4f} per request",
+        f"cost                        {r.usd_per_month:>14,.0f} $/month (24/7, sized for the target QPS)",
+        f"                            ${r.usd_per_million_output_tokens:,.2f} per 1M output tokens · "
+        f"${r.usd_per_request:,.4f} per request at full load (every slot busy)",
     ]
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
 
 
 def render_compare(rows) -> str:
-    head = f"{'what-if':34} {'KV/req GB':>10} {'conc':>6} {'QPS/rep':>9} {'TTA s':>8} {'GPUs':>6} {'$/month':>12} {'$/request':>10}"
+    head = f"{'what-if':34} {'KV/req GB':>10} {'conc':>6} {'QPS/rep':>9} {'TTA s':>8} {'GPUs':>6} {'$/month':>12} {'$/req full':>10}"
     out = [head, "-" * len(head)]
     for label, r in rows:
         if isinstance(r, str):

@@ -61,6 +61,11 @@ def tune_cmd(run_dirs, latency_slo, min_accuracy, router, bands, train_path, fas
     policy.source["runs"] = [str(d) for d in run_dirs]
     Path(out_path).write_text("# written by `ponder tune`; serve with: ponder serve --policy "
                               f"{out_path}\n" + policy.to_yaml())
+    asked, merged = policy.source.get("bands_requested"), policy.source.get("bands_merged", 0)
+    if asked is not None and len(policy.bands) != asked:
+        why = f"{merged} neighbouring band(s) chose the same configuration and were merged" if merged else \
+            f"only {policy.source.get('items')} item(s) to cut"
+        click.echo(f"asked for {asked} bands, wrote {len(policy.bands)}: {why}", err=True)
     for i, b in enumerate(policy.bands):
         m = b.measured or {}
         click.echo(f"band {i}: score <= {b.max_score:.3f} -> {b.label()} {b.params or ''}  "

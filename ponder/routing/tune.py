@@ -150,6 +150,7 @@ def tune_items(items: list[RunItem], *, router_name: str = "heuristic", router=N
                                             bands=[Band(max_score=1.0, lane="x")]), lambda: None)
     scores = score_items(items, router)
     order = sorted(range(len(items)), key=lambda i: scores[i])
+    requested = bands
     bands = min(bands, len(items))
     use_cost = any((r.get("cost_usd") or 0) > 0 for it in items for r in it.lines.values())
     keys = sorted({k for it in items for k in it.lines})
@@ -177,6 +178,7 @@ def tune_items(items: list[RunItem], *, router_name: str = "heuristic", router=N
         merged[-1] = merged[-1].model_copy(update={"max_score": 1.0})
     return RoutingPolicy(router=router_name, router_options=router_options or {}, bands=merged, source={
         "items": len(items), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bands_requested": requested, "bands_merged": len(out_bands) - len(merged),
         "constraints": {"latency_slo_s": latency_slo_s, "min_accuracy": min_accuracy},
         "compute": "cost_usd" if use_cost else "completion_tokens"})
 

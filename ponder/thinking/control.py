@@ -69,7 +69,9 @@ def new_machine(spec: "SampleSpec", *, cue_tokens: Callable[[str], int],
     budget = spec.budget if spec.given_thinking is None else ThinkingBudget(0)
     m = ThinkingMachine(budget, max_answer_tokens=spec.sampling.max_answer_tokens, stop=tuple(spec.sampling.stop),
                         loop_guard=spec.loop_guard, cue_tokens=cue_tokens, on_event=on_event,
-                        tools=spec.tools is not None)
+                        tools=spec.tools is not None,
+                        fenced_python=spec.tools is not None and "python" in getattr(spec.tools, "names", ()),
+                        structured=spec.sampling.grammar is not None)
     if spec.given_thinking is not None:
         m.thinking = spec.given_thinking.strip()
         m.report.budget = spec.budget.max_tokens

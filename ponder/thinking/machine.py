@@ -25,6 +25,8 @@ The machine never touches an engine: it is plain logic, tested on its own.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal, Union
 
@@ -47,6 +49,9 @@ END_MARKERS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|e
                "<｜end▁of▁sentence｜>", "</s>")
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
+#: a fenced python block (``` python / ```py), complete: its closing fence ends a line
+_FENCE_CALL = re.compile(r"```[ \t]*(?:python|py)[ \t]*\n(.*?)\n[ \t]*```", re.S)
+_FENCE_OPEN = re.compile(r"```[ \t]*(?:python|py)[ \t]*(?:\n|$)")
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class ThinkingMachine:
         cue_tokens: Callable[[str], int] = lambda s: len(s.split()) or 1,
         on_event: Callable[[Event], None] | None = None,
         tools: bool = False,
+        fenced_python: bool = False,
+        structured: bool = False,
     ) -> None:
         self.budget = budget
         self.max_answer_tokens = max_answer_tokens
@@ -122,6 +129,12 @@ class ThinkingMachine:
         self.cue_tokens = cue_tokens
         self.on_event = on_event or (lambda e: None)
         self.tools = tools
+        #: a fenced ```python block in the thinking is a call of the python tool (models that do not
+        #: know the <tool_call> format write code this way)
+        self.fenced_python = fenced_python and tools
+        #: the answer must follow a grammar (structured output): it always gets its answer phase, and the
+        #: answer is that text, never a result read from the thinking
+        self.structured = structured
         self.phase: Literal["thinking", "answer", "done"] = "thinking" if budget.enabled else "answer"
         self.report = ThinkingReport(budget=budget.max_tokens, min=budget.min_tokens, effort=budget.effort)
         #: the continuation as the model sees it (raw mode): what follows the prompt in the KV
@@ -176,7 +189,7 @@ class ThinkingMachine:
             # asking it to go on after a forced close only gets a second, unrelated reply
             self._pending = ""
             self.thinking_end = "eog"
-            if self.used >= self.budget.min_tokens and has_explicit_result(self.thinking):
+            if not self.structured and self.used >= self.budget.min_tokens and has_explicit_result(self.thinking):
                 self.report.stopped = "end"
                 self.report.used = min(self.used, self.budget.max_tokens)
                 self.phase = "answer"
@@ -189,6 +202,11 @@ class ThinkingMachine:
     def _thinking_raw(self, text: str, logprob: TokenLogprob | None) -> Decision:
         self._pending += text
         base = len(self.text) - len(self._pending)
+        if self.fenced_python:
+            fenced = _FENCE_CALL.search(self._pending)
+            if fenced is not None and (_earliest(self._pending[:fenced.start()], (CLOSE, *END_MARKERS, TOOL_CLOSE))
+                                       is None):
+                return self._fenced_call(base, fenced)
         hit = _earliest(self._pending, (CLOSE, *END_MARKERS) + ((TOOL_CLOSE,) if self.tools else ()))
         if hit is not None:
             i, marker = hit
@@ -201,6 +219,12 @@ class ThinkingMachine:
         hold = max(_partial(self._pending, m) for m in (CLOSE, OPEN, *END_MARKERS))
         if self.tools and TOOL_OPEN in self._pending:
             hold = len(self._pending) - self._pending.index(TOOL_OPEN)
+        if self.fenced_python:
+            opened = _FENCE_OPEN.search(self._pending)
+            if opened is not None:
+                hold = max(hold, len(self._pending) - opened.start())
+            else:
+                hold = max(hold, _partial(self._pending, "```python\n"), _partial(self._pending, "```py\n"))
         emit = self._pending[: len(self._pending) - hold]
         self._pending = self._pending[len(emit):]
         if self._emit_thinking(emit):
@@ -255,6 +279,15 @@ class ThinkingMachine:
         payload = block[start + len(TOOL_OPEN): len(block) - len(TOOL_CLOSE)] if start >= 0 else ""
         self._tool_at = end
         return Decision("tool", keep=end, payload=payload.strip())
+
+    def _fenced_call(self, base: int, m: "re.Match") -> Decision:
+        """A complete ```python block: run it as the python tool, its output follows the block."""
+        block = self._pending[: m.end()]
+        self._emit_thinking(block)
+        self._pending = ""
+        self._tool_at = base + m.end()
+        return Decision("tool", keep=base + m.end(), payload=json.dumps({"name": "python",
+                                                                        "arguments": {"code": m.group(1)}}))
 
     def tool_result(self, text: str, *, answer_now: bool = False) -> Decision:
         """Append a tool's result to the thinking; the model reads it and thinks on.
@@ -435,6 +468,8 @@ class ThinkingMachine:
         thinking is the answer.
         """
         answer = self.answer.strip()
+        if self.structured:
+            return (answer, "answer") if answer else ("", "none")
         explicit_thinking = has_explicit_result(self.thinking)
         if answer and (explicit_answer(answer) or not explicit_thinking and answer_like(answer)):
             return answer, "answer"

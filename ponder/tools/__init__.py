@@ -137,6 +137,8 @@ class ToolBox:
             t = TOOLS[n]
             lines.append(f"- {n}: {t['description']} Example: <tool_call>"
                          f"{json.dumps({'name': n, 'arguments': t['example']})}</tool_call>")
+        if "python" in self.names:
+            lines.append("A fenced block ```python ... ``` in your thinking also runs, and its output follows it.")
         lines.append(f"At most {self.limits.max_calls} calls. Use a tool only when it helps; then give the answer.")
         return "\n".join(lines)
 
