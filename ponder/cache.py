@@ -24,7 +24,6 @@ import hashlib
 import json
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -108,7 +107,7 @@ class AnswerCache:
         self.misses = 0
         self._mem: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
-        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._clients = None  # ponder.state.RedisClients, made on first use
 
     # -- policy ---------------------------------------------------------------------------
     def key_for(self, plan: "Plan") -> str | None:
@@ -141,16 +140,11 @@ class AnswerCache:
 
     # -- storage --------------------------------------------------------------------------
     def _redis(self):
-        loop = asyncio.get_running_loop()
-        c = self._clients.get(loop)
-        if c is None:
-            import redis.asyncio as aioredis
+        if self._clients is None:
+            from ponder.state import RedisClients
 
-            c = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=32, timeout=2.0, decode_responses=True, socket_timeout=2.0,
-                socket_connect_timeout=2.0))
-            self._clients[loop] = c
-        return c
+            self._clients = RedisClients(self.url, max_connections=32)
+        return self._clients.get()
 
     async def _read(self, key: str) -> str | None:
         if self.url.startswith("memory://"):
@@ -192,9 +186,5 @@ class AnswerCache:
         return len(self._mem)
 
     async def aclose(self) -> None:
-        c = self._clients.get(asyncio.get_running_loop()) if self._clients else None
-        if c is not None:
-            try:
-                await c.aclose()
-            except Exception:
-                pass
+        if self._clients is not None:
+            await self._clients.aclose()

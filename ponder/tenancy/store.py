@@ -228,25 +228,19 @@ class RedisStore(QuotaStore):
     PREFIX = "ponder"
 
     def __init__(self, url: str) -> None:
-        import redis.asyncio as aioredis
+        from ponder.state import RedisClients
 
         self.url = url
-        # a bounded pool that waits for a free connection (up to 2 s) instead of
-        # failing a burst of requests with "Too many connections"
-        self._make = lambda: aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=64, timeout=2.0, decode_responses=True, socket_timeout=2.0,
-            socket_connect_timeout=2.0, health_check_interval=10))
-        # one client per event loop (a loop's connections cannot serve another);
-        # weak keys so a closed loop's client goes with it
-        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._redis = RedisClients(url)
+        #: the two scripts, registered once per client
+        self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _client(self):
-        loop = asyncio.get_running_loop()
-        got = self._clients.get(loop)
-        if got is None:
-            c = self._make()
-            got = self._clients[loop] = (c, (c.register_script(_RESERVE), c.register_script(_SETTLE)))
-        return got
+        c = self._redis.get()
+        scripts = self._scripts.get(c)
+        if scripts is None:
+            scripts = self._scripts[c] = (c.register_script(_RESERVE), c.register_script(_SETTLE))
+        return c, scripts
 
     def _k(self, key: str, *parts: str) -> str:
         return ":".join((self.PREFIX, "{" + key + "}", *parts))
@@ -319,13 +313,7 @@ class RedisStore(QuotaStore):
         return await self._call(go)
 
     async def aclose(self) -> None:
-        mine = self._clients.get(asyncio.get_running_loop())
-        if mine is not None:
-            try:
-                await mine[0].aclose()
-            except Exception:
-                pass
-        self._clients.clear()
+        await self._redis.aclose()
 
 
 def _ttl(asks: list[Ask]) -> int:
