@@ -22,13 +22,12 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ponder.config import CacheConfig
+from ponder.state import RedisClients, TtlLru
 from ponder.strategies.base import StrategyResult
 from ponder.types import Generation, ThinkingReport, Timings, Usage
 
@@ -105,8 +104,7 @@ class AnswerCache:
         self.url = state_url
         self.hits = 0
         self.misses = 0
-        self._mem: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._mem = TtlLru(config.max_entries)
         self._clients = None  # ponder.state.RedisClients, made on first use
 
     # -- policy ---------------------------------------------------------------------------
@@ -141,19 +139,12 @@ class AnswerCache:
     # -- storage --------------------------------------------------------------------------
     def _redis(self):
         if self._clients is None:
-            from ponder.state import RedisClients
-
             self._clients = RedisClients(self.url, max_connections=32)
         return self._clients.get()
 
     async def _read(self, key: str) -> str | None:
         if self.url.startswith("memory://"):
-            with self._lock:
-                got = self._mem.get(key)
-                if got is None or time.monotonic() - got[0] > self.config.ttl_s:
-                    return None
-                self._mem.move_to_end(key)
-                return got[1]
+            return self._mem.get(key, self.config.ttl_s)
         try:
             return await self._redis().get(f"ponder:cache:{key}")
         except Exception:  # the cache is an optimisation: a store outage is a miss, never a failed request
@@ -161,11 +152,7 @@ class AnswerCache:
 
     async def _write(self, key: str, body: str) -> None:
         if self.url.startswith("memory://"):
-            with self._lock:
-                self._mem[key] = (time.monotonic(), body)
-                self._mem.move_to_end(key)
-                while len(self._mem) > self.config.max_entries:
-                    self._mem.popitem(last=False)
+            self._mem.put(key, body)
             return
         try:
             r = self._redis()

@@ -111,7 +111,7 @@ class Faulty:
             rec["closed"] = time.monotonic()
             try:
                 writer.close()
-            except Exception:
+            except (OSError, RuntimeError):  # the peer reset the socket, or the loop is closing
                 pass
 
     async def _wait_closed(self, reader: asyncio.StreamReader, seconds: float) -> None:

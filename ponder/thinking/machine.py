@@ -174,13 +174,7 @@ class ThinkingMachine:
         if self.phase == "thinking":
             self.used += tokens
             return self._thinking_raw(text, logprob)
-        self.answer_tokens += tokens
-        d = self._answer_text(text, logprob)
-        if d is STOP:
-            return d
-        if self.answer_tokens >= self.max_answer_tokens:
-            return self._finish("length")
-        return CONTINUE
+        return self._answer_step(text, tokens, logprob)
 
     def end_of_turn(self) -> Decision:
         """The model produced its end-of-generation token."""
@@ -335,9 +329,13 @@ class ThinkingMachine:
             self.report.stopped = "end" if self.budget.enabled else "none"
             self.report.used = self.used
             self.phase = "answer"
-        self.answer_tokens += tokens
         if logprob is not None:
             self.logprobs.append(TokenLogprob(logprob.token, logprob.logprob, logprob.top, "answer"))
+        return self._answer_step(text, tokens, logprob)
+
+    def _answer_step(self, text: str, tokens: int, logprob: TokenLogprob | None) -> Decision:
+        """Answer text of either mode: count it, pass it through the answer filter, stop at the answer limit."""
+        self.answer_tokens += tokens
         d = self._answer_text(text, logprob)
         if d is STOP:
             return d

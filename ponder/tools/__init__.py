@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ponder.state import TtlLru
 from ponder.tools.calculator import CalculatorError, calculate
 
 TOOLS: dict[str, dict] = {
@@ -41,32 +40,8 @@ TOOLS: dict[str, dict] = {
 }
 
 
-class ToolCache:
-    """(tool, arguments) → result for ``ttl_s`` seconds; bounded, least recently used out first."""
-
-    def __init__(self, max_entries: int = 1024) -> None:
-        self.max_entries = max_entries
-        self._data: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: str, ttl_s: float) -> str | None:
-        with self._lock:
-            got = self._data.get(key)
-            if got is None or time.monotonic() - got[0] > ttl_s:
-                self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return got[1]
-
-    def put(self, key: str, value: str) -> None:
-        with self._lock:
-            self._data[key] = (time.monotonic(), value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+class ToolCache(TtlLru):
+    """(tool, arguments) -> result for the lane's ``cache_ttl_s``; bounded, least recently used out first."""
 
 
 @dataclass
