@@ -92,7 +92,10 @@ def pct(xs: list[float], q: float) -> float:
 async def load(url: str, concurrency: int, seconds: float) -> tuple[int, int]:
     done = errors = 0
     stop = time.perf_counter() + seconds
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
+    # keep every connection alive: below max_connections, httpcore closes "surplus" idle connections, sometimes
+    # one already handed to a waiting request (encode/httpcore#1110), which would count as a gateway error
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as c:
         async def worker():
             nonlocal done, errors
             while time.perf_counter() < stop:

@@ -179,3 +179,20 @@ def test_kill_9_mid_stream_leaves_an_interrupted_row_with_its_streamed_tokens(tm
         assert row["thinking_tokens"] >= 30 and row["thinking_tokens"] <= streamed + 5
     finally:
         g2.stop()
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_counted_499_not_a_traceback(gw):
+    import socket
+
+    before = gw.metric("ponder_requests_total", status="499")
+    body = json.dumps({"messages": Q}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.3)  # the headers are in: the handler is reading the body when the client goes
+    deadline = time.time() + 10
+    while gw.metric("ponder_requests_total", status="499") < before + 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert gw.metric("ponder_requests_total", status="499") == before + 1
+    assert "Traceback" not in gw.log.read_text()
+    assert httpx.post(gw.url("/v1/chat/completions"), json={"messages": Q, "max_tokens": 4}, timeout=60).status_code == 200

@@ -215,9 +215,10 @@ def cost_of_worst_case(max_tokens: int) -> float:
 
 def fire(urls: list[str], secret: str, n: int, **body) -> list[int]:
     async def go():
-        # idle connections expire on our side (1 s) well before uvicorn closes them (5 s):
-        # no request is ever sent on a connection the server is closing
-        limits = httpx.Limits(max_connections=200, keepalive_expiry=1.0)
+        # a fresh connection per request: httpcore 1.0.9's pool can close an idle connection it has already
+        # handed to a queued request (encode/httpcore#1110: surplus keep-alive, or room for the other replica's
+        # origin), which surfaces here as a client-side ReadError(ClosedResourceError) about once in 4 runs
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=120, limits=limits) as c:
             async def one(i):
                 r = await c.post(urls[i % len(urls)] + "/v1/chat/completions",
