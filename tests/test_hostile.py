@@ -176,7 +176,12 @@ def test_kill_9_mid_stream_leaves_an_interrupted_row_with_its_streamed_tokens(tm
         assert len(rows) == 1
         row = rows[0]
         assert row["status"] == "interrupted"
-        assert row["thinking_tokens"] >= 30 and row["thinking_tokens"] <= streamed + 5
+        # the row bills what the engine generated up to the last flush: at least the 60 chunks seen 1.2 s before
+        # the kill (less slack for one flush interval), never more than the request's cap.  Not compared with the
+        # chunk count: under CPU contention one chunk carries several tokens, and the engine runs ahead of the
+        # socket writer
+        assert streamed >= 60
+        assert 30 <= row["thinking_tokens"] <= 1500
     finally:
         g2.stop()
 
