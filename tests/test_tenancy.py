@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -313,6 +314,44 @@ def test_redis_restart_mid_run_fails_closed_and_keeps_every_cap(tmp_path, upstre
     finally:
         g.stop()
         r.stop()
+
+
+def test_a_settle_redis_misses_lands_when_it_returns_and_frees_the_slot(tmp_path):
+    """Redis stops while a request runs: the request still answers; its settle waits in the replica and lands
+    when Redis is back.  Dropped, it would lose the usage and hold the slot for good (the heartbeat keeps
+    renewing every lease this replica owns)."""
+    slow = Faulty(delay=2.0)
+    r = RedisServer(tmp_path / "redis")
+    extra = [{"name": "one", "key_sha256": hash_secret("pk-one"),
+              "limits": {"max_concurrent": 1, "tokens_per_minute": 100000}}]
+    cfg = tenancy_config(slow.url, state=r.url, extra_keys=extra, lease_s=30)
+    cfg["lanes"].append({**cfg["lanes"][0], "name": "slow", "upstream_model": "slow-ok"})
+    g = Gateway(cfg, tmp_path / "gw")
+    try:
+        got = {}
+        t = threading.Thread(target=lambda: got.update(slow=post(g, "pk-one", model="slow", max_tokens=8)))
+        t.start()
+        time.sleep(0.8)  # admitted and waiting on the upstream
+        r.stop()
+        t.join(30)
+        assert got["slow"].status_code == 200  # the answer does not wait for the quota store
+        r.start()
+        deadline = time.time() + 10
+        while True:
+            ok = post(g, "pk-one", model="exact", max_tokens=8)
+            if ok.status_code == 200 or time.time() > deadline:
+                break
+            assert ok.status_code == 429 and ok.json()["error"]["param"] == "max_concurrent", ok.text
+            time.sleep(0.3)
+        assert ok.status_code == 200, "the slot of the request whose settle Redis missed never came back"
+        # the window holds the slow request's real usage (12 + 1 tokens, as its upstream reported) besides
+        # this request's own worst case
+        used = int(ok.headers["x-ratelimit-limit-tokens"]) - int(ok.headers["x-ratelimit-remaining-tokens"])
+        assert used == round(cost_of_worst_case(8) * 1e6) + 13, used
+    finally:
+        g.stop()
+        r.stop()
+        slow.close()
 
 
 # -- accounting per key -----------------------------------------------------------------------------

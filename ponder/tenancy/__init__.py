@@ -13,12 +13,19 @@
   atomically against all of them at admission and settled to its real
   usage when it ends (:mod:`ponder.tenancy.store`); a refusal is 429 naming
   the limit, with Retry-After and OpenAI's ``x-ratelimit-*`` headers.
+* **A settle the store refuses is kept, not dropped.**  When the quota store
+  is unreachable as a request ends, its settle waits in this replica and the
+  heartbeat retries it every second until the store is back (settles are
+  idempotent, so a retry never counts twice).  Dropping it would lose the
+  usage and, worse, leave the reservation held: the heartbeat renews every
+  lease this replica owns, so the slot would never come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import collections
 import hashlib
 import logging
 import math
@@ -77,6 +84,13 @@ class Tenancy:
         self._keys = {k.key_sha256: Principal(k.name, k.limits) for k in config.auth.keys}
         self._anonymous = Principal("anonymous", config.auth.anonymous, anonymous=True)
         self._heartbeat: asyncio.Task | None = None
+        #: res_id -> (key, asks, actual): settles the store could not take yet, oldest first
+        self._unsettled: collections.OrderedDict[str, tuple[str, list[Ask], dict[str, float]]] = \
+            collections.OrderedDict()
+        self._wake = asyncio.Event()
+
+    #: deferred settles kept at most (each a few hundred bytes); past that the oldest is given up, loudly
+    MAX_UNSETTLED = 100_000
 
     # -- who ---------------------------------------------------------------------------
     async def authenticate(self, headers) -> Principal:
@@ -201,21 +215,80 @@ class Tenancy:
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.get_running_loop().create_task(self._renew_loop())
+            self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
-    async def _renew_loop(self) -> None:
-        """Keep this replica's leases alive while it runs; a dead replica's leases simply run out."""
+    async def _heartbeat_loop(self) -> None:
+        """Keep this replica's leases alive while it runs (a dead replica's simply run out), and land the
+        settles the store could not take, once a second while there are any."""
         every = max(0.2, self.config.state.lease_s / 3)
+        next_renew = time.monotonic() + every
         while True:
-            await asyncio.sleep(every)
+            wait = next_renew - time.monotonic()
+            if self._unsettled:
+                wait = min(wait, 1.0)
+            self._wake.clear()
             try:
-                await self.store.renew(self.replica, self.config.state.lease_s)
-            except StoreUnavailable as exc:
-                log.warning("lease renewal failed: %s", exc)
+                await asyncio.wait_for(self._wake.wait(), max(0.05, wait))
+                continue  # a settle was just deferred: wait a second, not until the next renewal
+            except asyncio.TimeoutError:
+                pass
+            if self._unsettled:
+                await self.flush_settles()
+            if time.monotonic() >= next_renew:
+                next_renew = time.monotonic() + every
+                try:
+                    await self.store.renew(self.replica, self.config.state.lease_s)
+                except StoreUnavailable as exc:
+                    log.warning("lease renewal failed: %s", exc)
+
+    # -- settling ------------------------------------------------------------------------
+    async def settle(self, key: str, res_id: str, asks: list[Ask], actual: dict[str, float]) -> bool:
+        """Settle now, or keep the settle for the heartbeat when the store is unreachable; True if it landed."""
+        try:
+            await self.store.settle(key, res_id, asks, actual)
+            return True
+        except StoreUnavailable as exc:
+            log.warning("settle of %s (%s) deferred: the quota store is unavailable (%s)", res_id, key, exc)
+        self._unsettled[res_id] = (key, asks, actual)
+        while len(self._unsettled) > self.MAX_UNSETTLED:
+            lost, (lost_key, _, _) = self._unsettled.popitem(last=False)
+            log.error("gave up the settle of %s (%s): over %d deferred; its usage is only in the ledger",
+                      lost, lost_key, self.MAX_UNSETTLED)
+        self._ensure_heartbeat()
+        self._wake.set()
+        return False
+
+    @property
+    def unsettled(self) -> int:
+        """Settles waiting for the store to come back."""
+        return len(self._unsettled)
+
+    async def flush_settles(self) -> int:
+        """Retry the deferred settles, oldest first, until the store fails again; returns how many remain."""
+        landed = 0
+        for res_id, (key, asks, actual) in list(self._unsettled.items()):
+            try:
+                await self.store.settle(key, res_id, asks, actual)
+            except StoreUnavailable:
+                break
+            self._unsettled.pop(res_id, None)
+            landed += 1
+        if landed:
+            log.info("settled %d deferred reservations; %d still waiting", landed, len(self._unsettled))
+        return len(self._unsettled)
 
     async def aclose(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._unsettled:
+            try:
+                await asyncio.wait_for(self.flush_settles(), timeout=3.0)
+            except asyncio.TimeoutError:
+                pass
+            if self._unsettled:
+                log.error("shutting down with %d settles the quota store never took (keys: %s); their usage is "
+                          "in the ledger and their reservations run out with their leases", len(self._unsettled),
+                          ", ".join(sorted({k for k, _, _ in self._unsettled.values()})))
         await self.store.aclose()
 
 
@@ -281,15 +354,7 @@ class Reservation:
             u = outcome.usage
             actual.update(tokens=float(u.total_tokens), thinking=float(u.thinking_tokens),
                           spend=float(outcome.cost_usd))
-        for attempt in range(3):
-            try:
-                await self.tenancy.store.settle(self.principal.name, self.res_id, self.asks, actual)
-                return
-            except StoreUnavailable as exc:
-                log.warning("settle of %s failed (%s); retrying", self.res_id, exc)
-                await asyncio.sleep(0.2 * (attempt + 1))
-        log.error("settle of %s failed: its lease will release the reservation; %s usage is in the ledger",
-                  self.res_id, self.principal.name)
+        await self.tenancy.settle(self.principal.name, self.res_id, self.asks, actual)
 
 
 def _count_param(plan: "Plan") -> str | None:
