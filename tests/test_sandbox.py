@@ -13,8 +13,10 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from ponder.verifiers.code_exec import CodeVerifier
-from ponder.verifiers.sandbox import Limits, Sandbox, unavailable_reason
+from ponder.verifiers.sandbox import Limits, Sandbox, pids_cgroup_root, unavailable_reason
 
 BOX = Sandbox(Limits(wall_s=10, cpu_s=5, memory_mb=256, file_mb=4))
 OPEN = Sandbox(Limits(wall_s=10, cpu_s=5, memory_mb=256, file_mb=4), isolation="none")
@@ -160,6 +162,33 @@ def test_a_fork_that_outlives_the_timeout_is_killed_with_it():
     got = Sandbox(Limits(wall_s=1.5)).run_python(code)
     assert got.timed_out
     assert _sleepers() <= before
+
+
+_FORKER = """
+import os, time
+n = 0
+try:
+    for _ in range(200):
+        if os.fork() == 0:
+            time.sleep(5)
+            os._exit(0)
+        n += 1
+except OSError as exc:
+    print("refused", exc.errno)
+print("forked", n)
+"""
+
+
+@pytest.mark.skipif(pids_cgroup_root() is None, reason="this host lets ponder make no pids cgroup")
+def test_a_fork_bomb_stops_at_the_process_cap():
+    roomy = Sandbox(Limits(wall_s=20, max_processes=1000)).run_python(_FORKER)
+    assert roomy.ok and "forked 200" in roomy.stdout, roomy  # the probe forks when nothing caps it
+    capped = Sandbox(Limits(wall_s=20, max_processes=32)).run_python(_FORKER)
+    assert capped.ok and "refused 11" in capped.stdout, capped  # EAGAIN at the cap
+    forked = int(capped.stdout.split("forked")[1])
+    assert 20 <= forked < 32  # bubblewrap, its init and the interpreter count too
+    left = [p for p in os.listdir(pids_cgroup_root()) if p.startswith("ponder-sbx-")]
+    assert not left, f"cgroups left behind: {left}"
 
 
 def _sleepers() -> int:

@@ -12,7 +12,13 @@ IPC and UTS namespaces, as the unprivileged user 65534 (nobody), with:
 * no network (only its own loopback), no view of other processes, so it can
   neither connect out nor signal anything outside;
 * ``no_new_privs`` (set by bubblewrap), a new session (no terminal injection),
-  and the CPU, address-space, file-size and wall-clock limits of ``Limits``.
+  and the CPU, address-space, file-size and wall-clock limits of ``Limits``;
+* a cap on processes (``Limits.max_processes``) from a cgroup of its own in
+  the ``pids`` controller, where this host lets ponder create one: a fork
+  bomb then fails at its first fork past the cap instead of filling the
+  host's PID table until the wall clock runs out.  ``RLIMIT_NPROC`` cannot
+  do this job: the sandbox's user maps to the caller, and for root the
+  kernel does not enforce it.
 
 Without bubblewrap the sandbox refuses to run code (``SandboxUnavailable``)
 instead of quietly running it unconfined; ``Sandbox(isolation="none")`` is an
@@ -28,6 +34,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +54,8 @@ class Limits:
     cpu_s: int = 10
     memory_mb: int = 512
     file_mb: int = 16
+    #: processes at once, bubblewrap's own included (needs the pids cgroup; see ``pids_cgroup_root``)
+    max_processes: int = 64
 
 
 @dataclass(frozen=True)
@@ -107,10 +117,109 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _limit(limits: Limits):
+@functools.lru_cache(maxsize=1)
+def pids_cgroup_root() -> str | None:
+    """The ``pids`` cgroup directory ponder may make child groups in, or None (then no process cap).
+
+    cgroup v1: this process's group in the ``pids`` hierarchy.  cgroup v2: this process's group when it
+    delegates ``pids`` to its children.  Probed once, by making and removing a group."""
+    base = None
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "pids" in controllers.split(","):
+            base = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
+            break
+    else:
+        for line in lines:
+            if line.startswith("0::"):
+                cand = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+                try:
+                    if "pids" in (cand / "cgroup.subtree_control").read_text().split():
+                        base = cand
+                except OSError:
+                    pass
+    if base is None:
+        return None
+    probe = base / f"ponder-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+        (probe / "pids.max").write_text("8")
+    except OSError:
+        return None
+    finally:
+        try:
+            probe.rmdir()
+        except OSError:
+            pass
+    return str(base)
+
+
+class _PidsGroup:
+    """One run's cgroup in the pids controller: caps its processes, kills them all, and goes away."""
+
+    def __init__(self, max_processes: int) -> None:
+        root = pids_cgroup_root()
+        self.path: Path | None = None
+        if root is None:
+            return
+        path = Path(root) / f"ponder-sbx-{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir()
+            (path / "pids.max").write_text(str(max_processes))
+            self.path = path
+        except OSError:
+            self._remove(path)
+
+    def enter(self) -> None:
+        """In the child, before exec: join the group (so bubblewrap and all it starts count)."""
+        if self.path is not None:
+            with open(self.path / "cgroup.procs", "w") as fh:
+                fh.write("0")
+
+    def kill_all(self) -> None:
+        if self.path is None:
+            return
+        for _ in range(50):
+            try:
+                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            except OSError:
+                return
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        if self.path is not None:
+            self.kill_all()
+            self._remove(self.path)
+            self.path = None
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        for _ in range(100):  # a killed process leaves its group a moment after it dies
+            try:
+                path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.01)
+
+
+def _limit(limits: Limits, group: _PidsGroup):
     def apply() -> None:
         import resource
 
+        group.enter()
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s))
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb << 20, limits.memory_mb << 20))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb << 20, limits.file_mb << 20))
@@ -154,18 +263,22 @@ class Sandbox:
                 cmd = [sys.executable, "-I", "main.py"]
                 cwd, env = str(work), {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
             # stdout/stderr go to files, so the file-size limit also bounds what a runaway print can produce
-            with out.open("wb") as fo, err.open("wb") as fe:
-                proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=fo, stderr=fe,
-                                        preexec_fn=_limit(self.limits), start_new_session=True)
-                timed_out = False
-                try:
-                    proc.communicate(stdin.encode(), timeout=self.limits.wall_s)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    # bwrap is the PID namespace's parent: killing it takes every process inside down
+            group = _PidsGroup(self.limits.max_processes)
+            try:
+                with out.open("wb") as fo, err.open("wb") as fe:
+                    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=fo, stderr=fe,
+                                            preexec_fn=_limit(self.limits, group), start_new_session=True)
+                    timed_out = False
                     try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait()
+                        proc.communicate(stdin.encode(), timeout=self.limits.wall_s)
+                    except subprocess.TimeoutExpired:
+                        timed_out = True
+                        # bwrap is the PID namespace's parent: killing it takes every process inside down
+                        try:
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        proc.wait()
+            finally:
+                group.close()  # whatever is left (a daemonised child without isolation) dies with its group
             return Completed(proc.returncode, _tail(out), _tail(err), timed_out)
