@@ -229,7 +229,7 @@ class Tenancy:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), max(0.05, wait))
-                continue  # a settle was just deferred: wait a second, not until the next renewal
+                continue  # the first settle was just deferred: wait a second, not until the next renewal
             except asyncio.TimeoutError:
                 pass
             if self._unsettled:
@@ -242,29 +242,25 @@ class Tenancy:
                     log.warning("lease renewal failed: %s", exc)
 
     # -- settling ------------------------------------------------------------------------
-    async def settle(self, key: str, res_id: str, asks: list[Ask], actual: dict[str, float]) -> bool:
-        """Settle now, or keep the settle for the heartbeat when the store is unreachable; True if it landed."""
+    async def settle(self, key: str, res_id: str, asks: list[Ask], actual: dict[str, float]) -> None:
+        """Settle now, or keep the settle for the heartbeat when the store is unreachable."""
         try:
             await self.store.settle(key, res_id, asks, actual)
-            return True
+            return
         except StoreUnavailable as exc:
             log.warning("settle of %s (%s) deferred: the quota store is unavailable (%s)", res_id, key, exc)
+        first = not self._unsettled
         self._unsettled[res_id] = (key, asks, actual)
         while len(self._unsettled) > self.MAX_UNSETTLED:
             lost, (lost_key, _, _) = self._unsettled.popitem(last=False)
             log.error("gave up the settle of %s (%s): over %d deferred; its usage is only in the ledger",
                       lost, lost_key, self.MAX_UNSETTLED)
         self._ensure_heartbeat()
-        self._wake.set()
-        return False
+        if first:  # only the first shortens the heartbeat's sleep; later ones must not keep postponing it
+            self._wake.set()
 
-    @property
-    def unsettled(self) -> int:
-        """Settles waiting for the store to come back."""
-        return len(self._unsettled)
-
-    async def flush_settles(self) -> int:
-        """Retry the deferred settles, oldest first, until the store fails again; returns how many remain."""
+    async def flush_settles(self) -> None:
+        """Retry the deferred settles, oldest first, until the store fails again."""
         landed = 0
         for res_id, (key, asks, actual) in list(self._unsettled.items()):
             try:
@@ -275,7 +271,6 @@ class Tenancy:
             landed += 1
         if landed:
             log.info("settled %d deferred reservations; %d still waiting", landed, len(self._unsettled))
-        return len(self._unsettled)
 
     async def aclose(self) -> None:
         if self._heartbeat is not None:
