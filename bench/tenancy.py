@@ -32,6 +32,7 @@ from types import SimpleNamespace
 from ponder.api.request import parse_body
 from ponder.config import config_from_dict
 from ponder.errors import Overloaded
+from ponder.policy import plan_request
 from ponder.service import Ponder
 from ponder.tenancy import Tenancy, hash_secret
 from ponder.tenancy.store import MemoryStore, RedisStore
@@ -74,7 +75,7 @@ def plan_for(cfg) -> object:
     req = parse_body(b'{"messages": [{"role": "user", "content": "What is 17 * 23?"}], "max_tokens": 64, '
                      b'"reasoning_effort": "low"}', max_bytes=1 << 20, max_depth=32, max_messages=64,
                      max_message_chars=100_000)
-    return service.plan_sync(req)
+    return plan_request(req.to_ponder(), service.config)
 
 
 def outcome_of(usage: Usage, cost: float):

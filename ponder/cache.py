@@ -18,7 +18,6 @@ bounded by ``cache.max_entries`` (oldest out first) and ``cache.ttl_s``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -26,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ponder.backends.registry import kind_of
 from ponder.config import CacheConfig
 from ponder.state import RedisClients, TtlLru
 from ponder.strategies.base import StrategyResult
@@ -62,7 +62,7 @@ def cache_key(plan: "Plan") -> str:
     parts = {
         "schema": SCHEMA,
         "lane": plan.lane.name,
-        "model": plan.lane.model if plan.lane.backend == "llama_cpp" else plan.lane.upstream_model,
+        "model": kind_of(plan.lane).model_id(plan.lane),
         "messages": [[m.role, m.content, _jsonable(m.tool_calls), m.tool_call_id] for m in plan.messages],
         "budget": [plan.budget.max_tokens, plan.budget.min_tokens],
         "strategy": plan.strategy,

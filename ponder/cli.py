@@ -99,11 +99,12 @@ def main() -> None:
 
 def load_config_for(config_path: str | None, model: str | None):
     """The config, with ``--model`` (a model name or GGUF path) replacing the default model of the embedded lanes."""
+    from ponder.backends.registry import lane_has
     from ponder.config import load_config
 
     config = load_config(config_path)
     if model and model not in {lane.name for lane in config.lanes}:
-        lanes = [ln.model_copy(update={"model": model}) if ln.backend == "llama_cpp" and ln.model is None else ln
+        lanes = [ln.model_copy(update={"model": model}) if lane_has(ln, "local_model") and ln.model is None else ln
                  for ln in config.lanes]
         if lanes == list(config.lanes):
             lane = config.lane(None)
@@ -181,7 +182,7 @@ def ask(question, effort, max_thinking_tokens, min_thinking_tokens, show_thinkin
         ponder_obj["deadline_s"] = deadline
     if ponder_obj:
         body["ponder"] = ponder_obj
-    req = parse_request(body)
+    req = parse_request(body).to_ponder()
     from ponder.service import Ponder
 
     service = Ponder(config, policy=load_policy_for(config, policy_path))
@@ -197,9 +198,7 @@ async def _ask(service, req, show_thinking: bool, as_json: bool) -> int:
     from ponder.api.response import completion_body
     from ponder.run import Delta, Ended
 
-    plan = await service.plan(req)
-    await service.backend_async(plan.lane)
-    plan = service.preflight(plan)
+    plan = await service.prepare(req)
     run = service.run(plan)
     task = asyncio.ensure_future(run.execute())
     in_thinking = False
@@ -292,6 +291,7 @@ def serve(host, port, config_path, model, policy_path, threads, log_level, log_j
 
     import uvicorn
 
+    from ponder.backends.registry import lane_has
     from ponder.server.app import create_app
     from ponder.service import Ponder
 
@@ -300,7 +300,8 @@ def serve(host, port, config_path, model, policy_path, threads, log_level, log_j
         if threads < 1:
             raise click.BadParameter("must be >= 1", param_hint="--threads")
         config = config.model_copy(update={"lanes": [ln.model_copy(update={"n_threads": threads})
-                                                     if ln.backend == "llama_cpp" else ln for ln in config.lanes]})
+                                                     if lane_has(ln, "local_model") else ln
+                                                     for ln in config.lanes]})
     if log_json:
         config = config.model_copy(update={"server": config.server.model_copy(update={"log_format": "json"})})
     host = host or config.server.host

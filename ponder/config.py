@@ -112,9 +112,12 @@ class LaneConfig(_Strict):
         return "none" if v is False else _word(v)
 
     @model_validator(mode="after")
-    def _upstream_needs_url(self) -> "LaneConfig":
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs base_url")
+    def _kind_settings(self) -> "LaneConfig":
+        from ponder.backends.registry import kind_of
+
+        problem = kind_of(self).check(self)
+        if problem:
+            raise ValueError(problem)
         if self.kv_cells is not None and self.kv_cells < self.n_ctx:
             raise ValueError(f"kv_cells ({self.kv_cells}) must be at least n_ctx ({self.n_ctx})")
         return self

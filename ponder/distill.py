@@ -152,16 +152,17 @@ def deduplicate(traces: list[dict], threshold: float) -> None:
 
 async def draw_item(service, backend, cfg: DistillConfig, lane: str, budget: int, item: Item, seed: int) -> list[dict]:
     """K scored traces of one item at one budget."""
-    from ponder.api.request import parse_request
+    from ponder.request import PonderRequest
+    from ponder.types import Message
     from ponder.strategies import sampling
     from ponder.thinking.extract import extract_answer, last_stated_result
     from ponder.types import CancelToken
 
     b = cfg.bench
-    body = {"model": lane, "messages": [{"role": "user", "content": b.prompt.format(question=item.question)}],
-            "temperature": b.temperature, "seed": seed, "max_tokens": b.answer_tokens,
-            "max_thinking_tokens": budget}
-    plan = service.preflight(service.plan_sync(parse_request(body)))
+    req = PonderRequest((Message("user", b.prompt.format(question=item.question)),), model=lane,
+                        temperature=b.temperature, seed=seed, max_answer_tokens=b.answer_tokens,
+                        max_thinking_tokens=budget)
+    plan = service.prepare_sync(req.validate())
     request = replace(service.strategy_request(plan, CancelToken()), answer_kind=item.answer_kind)
     samples = await sampling.draw(request, backend, cfg.k)
     out = []
@@ -172,7 +173,7 @@ async def draw_item(service, backend, cfg: DistillConfig, lane: str, budget: int
         v = await asyncio.to_thread(item.verifier.verify, item.question, g.answer, extracted)
         out.append({
             "item": item.id, "task": item.task, "model": lane, "budget": budget, "seed": seed, "i": i,
-            "prompt": body["messages"][0]["content"], "thinking": g.thinking, "answer": g.answer,
+            "prompt": req.messages[0].content, "thinking": g.thinking, "answer": g.answer,
             "extracted": extracted, "expected": item.expected, "score": float(v.score),
             "answer_source": g.answer_source, "answer_kind": item.answer_kind,
             "thinking_tokens": g.usage.thinking_tokens, "answer_tokens": g.usage.answer_tokens,

@@ -14,12 +14,12 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ponder.api.request import ChatCompletionRequest
-from ponder.backends.models import model_label
+from ponder.backends.registry import kind_of, lane_has
 from ponder.config import LaneConfig, PonderConfig
 from ponder.errors import InvalidRequest, ModelNotFound
-from ponder.strategies import build_params, count_param, get_strategy
+from ponder.strategies import build_params, get_strategy
 from ponder.thinking.budget import resolve_budget
+from ponder.request import PonderRequest
 from ponder.types import Message, Sampling, ThinkingBudget, Usage
 
 DEFAULT_TEMPERATURE = 0.6
@@ -61,19 +61,19 @@ class Plan:
     #: the client's functions (OpenAI tools, as dicts) and tool_choice
     client_tools: tuple = ()
     tool_choice: Any = None
-    #: the prompt's tokens, once counted against the context (preflight)
-    prompt_tokens: int | None = None
+    #: the prompt, rendered and tokenized once when the request is prepared (None: not prepared yet)
+    prompt: Any = field(default=None, compare=False)
+    #: the strategy object (looked up once, when planning)
+    runner: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.prompt.n_tokens if self.prompt is not None else None
 
     def samples_per_choice(self) -> int:
-        """How many samples the plan's strategy may draw for one choice."""
-        name = count_param(self.strategy)
-        v = getattr(self.strategy_params, name, 1) if name else 1
-        v = max(1, v) if isinstance(v, int) else 1
-        if self.strategy == "refine":
-            v += 1
-        if self.strategy in ("beam", "dvts"):
-            v *= max(1, getattr(self.strategy_params, "branch", 1))
-        return v
+        """How many samples the plan's strategy may draw for one choice (the strategy declares it)."""
+        runner = self.runner or get_strategy(self.strategy)
+        return runner.info.worst_case_samples(self.strategy_params)
 
     def worst_case_tokens(self, prompt_tokens: int) -> int:
         """Prompt plus every sample thinking to its cap and answering in full."""
@@ -101,13 +101,13 @@ def lane_for(config: PonderConfig, requested: str | None) -> tuple[LaneConfig, s
     if requested is None or requested.lower() in AUTO_MODELS:
         return config.lane(None), "default lane"
     for lane in config.lanes:
-        if requested in (lane.model, model_label(lane.model) if lane.backend == "llama_cpp" else lane.upstream_model):
+        if requested in kind_of(lane).labels(lane):
             return lane, f"pinned by model {requested!r}"
     names = ", ".join(lane.name for lane in config.lanes)
     raise ModelNotFound(f"unknown model {requested!r}; available: {names} (or 'auto')", param="model")
 
 
-def plan_request(req: ChatCompletionRequest, config: PonderConfig, *, policy: Any = None,
+def plan_request(req: PonderRequest, config: PonderConfig, *, policy: Any = None,
                  router: Any = None, score: Any = None) -> Plan:
     """Route (when the request leaves the lane open and a policy is active), then plan.
 
@@ -116,7 +116,7 @@ def plan_request(req: ChatCompletionRequest, config: PonderConfig, *, policy: An
     fill only what the request leaves open: an explicit
     ``reasoning_effort`` / ``max_thinking_tokens`` / strategy wins.
     """
-    pinned = req.ponder.lane if req.ponder and req.ponder.lane else req.model
+    pinned = req.lane or req.model
     if policy is None or router is None or not is_auto(config, pinned):
         lane, why = lane_for(config, pinned)
         return _plan(req, config, lane, None, {"lane": lane.name, "reason": why})
@@ -127,7 +127,7 @@ def plan_request(req: ChatCompletionRequest, config: PonderConfig, *, policy: An
                  "reason": f"cascade: {first.label()} first, escalating to {last.label()} when its answer is not trusted"}
         escalation = _plan(req, config, config.lane(policy.lane_name(last, config)), last, route)
         return replace(_plan(req, config, lane, first, route), escalation=escalation)
-    rs = score if score is not None else router.score(req.chat())
+    rs = score if score is not None else router.score(list(req.messages))
     i, band = policy.band_for(rs.score)
     lane = config.lane(policy.lane_name(band, config))
     route = {"router": rs.router, "score": round(rs.score, 4), "band": i, "lane": lane.name,
@@ -137,97 +137,96 @@ def plan_request(req: ChatCompletionRequest, config: PonderConfig, *, policy: An
     return replace(_plan(req, config, lane, band, route), overhead=rs.usage)
 
 
-def _plan(req: ChatCompletionRequest, config: PonderConfig, lane: LaneConfig, band: Any, route: dict) -> Plan:
+def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any, route: dict) -> Plan:
     server = config.server
-    effort, cap = req.reasoning_effort, req.max_thinking_tokens
-    if band is not None and effort is None and cap is None:
-        effort, cap = band.effort, band.budget
-    budget = resolve_budget(
-        config.thinking.effort_table(),
-        effort=effort,
-        max_thinking_tokens=cap,
-        min_thinking_tokens=req.min_thinking_tokens,
-        default_effort=lane.effort,
-    )
     if req.n > server.max_samples:
         raise InvalidRequest(f"n = {req.n} is above the ceiling of {server.max_samples}", param="n")
+    budget = _budget(req, config, lane, band)
     clamped: dict = {}
-    asked = req.max_completion_tokens or req.max_tokens
-    answer_tokens = asked or lane.answer_tokens
-    if answer_tokens > server.max_answer_tokens:
-        field_name = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        clamped[field_name] = {"from": answer_tokens, "to": server.max_answer_tokens,
-                               "why": "server.max_answer_tokens"}
-        answer_tokens = server.max_answer_tokens
-    grammar, response_format = _structured(req, lane)
-    sampling = Sampling(
-        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
-        top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
-        seed=req.seed,
-        stop=req.stops(),
-        max_answer_tokens=answer_tokens,
-        top_logprobs=req.top_logprobs or 0,
-        grammar=grammar,
-    )
-    client_strategy = req.ponder.strategy if req.ponder and req.ponder.strategy else None
-    raw_params = dict(req.ponder.params) if req.ponder else {}
-    if client_strategy:
-        strategy_name = client_strategy
-    elif band is not None and band.strategy:
-        strategy_name = band.strategy
-        raw_params = {**band.params, **raw_params}
-    else:
-        strategy_name = lane.strategy
-        raw_params = {**lane.params, **raw_params}
-    strategy = get_strategy(strategy_name)
-    params = build_params(strategy, raw_params, server.max_samples)
-    if strategy.info.needs_text and lane.backend != "llama_cpp":
-        raise InvalidRequest(f"strategy {strategy_name!r} needs the embedded engine (a chat API cannot resume a "
-                             f"half-written thought); lane {lane.name!r} is an upstream", param="ponder.strategy")
-    visibility = (req.thinking.visibility if req.thinking and req.thinking.visibility else None) \
-        or server.default_visibility
+    sampling = _sampling(req, server, lane, clamped)
+    strategy_name, runner, params = _strategy(req, server, lane, band)
     client_tools, tool_choice = _client_tools(req, strategy_name)
-    built_in = tuple(req.ponder.tools) if req.ponder and req.ponder.tools is not None else tuple(lane.tools.enabled)
-    cache = (req.ponder.cache if req.ponder and req.ponder.cache else None) or ("use" if config.cache.enabled
-                                                                                 else "off")
     plan = Plan(
-        lane=lane,
-        messages=tuple(req.chat()),
-        budget=budget,
-        sampling=sampling,
-        strategy=strategy_name,
-        strategy_params=params,
-        visibility=visibility,
-        n=req.n,
-        route=route,
-        clamped=clamped,
-        deadline_s=(req.ponder.deadline_s if req.ponder and req.ponder.deadline_s else None) or server.deadline_s,
-        logprobs=bool(req.logprobs),
-        response_format=response_format,
-        tools=built_in,
-        cache=cache,
-        client_tools=client_tools,
-        tool_choice=tool_choice,
+        lane=lane, messages=req.messages, budget=budget, sampling=sampling, strategy=strategy_name,
+        strategy_params=params, visibility=req.visibility or server.default_visibility, n=req.n, route=route,
+        clamped=clamped, deadline_s=_deadline(req, server.deadline_s), logprobs=req.logprobs,
+        response_format=sampling_format(req, lane)[1],
+        tools=req.tools if req.tools is not None else tuple(lane.tools.enabled),
+        cache=req.cache or ("use" if config.cache.enabled else "off"),
+        client_tools=client_tools, tool_choice=tool_choice, runner=runner,
     )
-    estimate = sum(len(m.content) for m in plan.messages) // 4
-    worst = plan.worst_case_tokens(estimate)
-    if worst > server.max_request_tokens:
-        raise InvalidRequest(
-            f"this request could spend up to {worst:,} tokens ({plan.n} choice(s) x "
-            f"{plan.samples_per_choice()} sample(s) x ({budget.max_tokens} thinking + {answer_tokens} answer) "
-            f"+ prompt); the limit is {server.max_request_tokens:,} (server.max_request_tokens)",
-            param="max_thinking_tokens", code="request_too_expensive")
+    _check_cost(plan, server.max_request_tokens)
     return plan
 
 
-def _client_tools(req: ChatCompletionRequest, strategy: str) -> tuple[tuple, Any]:
+def _budget(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any) -> ThinkingBudget:
+    effort, cap = req.effort, req.max_thinking_tokens
+    if band is not None and effort is None and cap is None:
+        effort, cap = band.effort, band.budget
+    return resolve_budget(config.thinking.effort_table(), effort=effort, max_thinking_tokens=cap,
+                          min_thinking_tokens=req.min_thinking_tokens, default_effort=lane.effort)
+
+
+def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict) -> Sampling:
+    answer_tokens = req.max_answer_tokens or lane.answer_tokens
+    if answer_tokens > server.max_answer_tokens:
+        clamped[req.answer_tokens_field] = {"from": answer_tokens, "to": server.max_answer_tokens,
+                                            "why": "server.max_answer_tokens"}
+        answer_tokens = server.max_answer_tokens
+    return Sampling(
+        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
+        top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
+        seed=req.seed, stop=req.stop, max_answer_tokens=answer_tokens, top_logprobs=req.top_logprobs,
+        grammar=sampling_format(req, lane)[0],
+    )
+
+
+def _strategy(req: PonderRequest, server: Any, lane: LaneConfig, band: Any) -> tuple[str, Any, Any]:
+    """(name, strategy object, typed parameters): the request's, else the band's, else the lane's."""
+    raw_params = dict(req.params)
+    if req.strategy:
+        name = req.strategy
+    elif band is not None and band.strategy:
+        name = band.strategy
+        raw_params = {**band.params, **raw_params}
+    else:
+        name = lane.strategy
+        raw_params = {**lane.params, **raw_params}
+    runner = get_strategy(name)
+    params = build_params(runner, raw_params, server.max_samples)
+    if runner.info.needs_text and not lane_has(lane, "text_completion"):
+        raise InvalidRequest(f"strategy {name!r} needs an engine that continues raw text (text_completion: a chat "
+                             f"API cannot resume a half-written thought), which lane {lane.name!r} lacks",
+                             param="ponder.strategy")
+    return name, runner, params
+
+
+def _deadline(req: PonderRequest, default: float | None) -> float | None:
+    seconds = req.deadline_s or default
+    if req.deadline_cap_s is not None:
+        seconds = req.deadline_cap_s if seconds is None else min(seconds, req.deadline_cap_s)
+    return seconds
+
+
+def _check_cost(plan: Plan, ceiling: int) -> None:
+    estimate = sum(len(m.content) for m in plan.messages) // 4
+    worst = plan.worst_case_tokens(estimate)
+    if worst > ceiling:
+        raise InvalidRequest(
+            f"this request could spend up to {worst:,} tokens ({plan.n} choice(s) x "
+            f"{plan.samples_per_choice()} sample(s) x ({plan.budget.max_tokens} thinking + "
+            f"{plan.sampling.max_answer_tokens} answer) + prompt); the limit is {ceiling:,} "
+            f"(server.max_request_tokens)", param="max_thinking_tokens", code="request_too_expensive")
+
+
+def _client_tools(req: PonderRequest, strategy: str) -> tuple[tuple, Any]:
     """The client's functions as dicts, and a checked tool_choice."""
     choice = req.tool_choice
-    if not req.tools:
+    if not req.client_tools:
         if choice not in (None, "none", "auto"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
         return (), None
-    tools = tuple(t.model_dump(exclude_none=True) for t in req.tools)
+    tools = req.client_tools
     names = [t["function"]["name"] for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequest("tools: function names must be unique", param="tools")
@@ -247,22 +246,26 @@ def _client_tools(req: ChatCompletionRequest, strategy: str) -> tuple[tuple, Any
     return tools, choice
 
 
-def _structured(req: ChatCompletionRequest, lane: LaneConfig) -> tuple[str | None, dict | None]:
-    """(grammar for the embedded engine, response_format for an upstream) of a structured-output request."""
-    rf = req.response_format
-    if rf is None or rf.type == "text":
+def sampling_format(req: PonderRequest, lane: LaneConfig) -> tuple[str | None, dict | None]:
+    """(grammar ponder enforces, response_format passed to the engine) of a structured-output request."""
+    fmt = req.output_format
+    if fmt is None:
         return None, None
-    if lane.backend == "openai":
-        if not lane.response_format:
-            raise InvalidRequest(f"lane {lane.name!r} cannot produce structured output (its upstream takes no "
-                                 "response_format)", param="response_format", code="unsupported_parameter")
-        return None, rf.model_dump(by_alias=True, exclude_none=True)
+    if lane_has(lane, "grammar"):
+        return _grammar(fmt), None
+    if lane_has(lane, "response_format"):
+        return None, fmt.wire
+    raise InvalidRequest(f"lane {lane.name!r} cannot produce structured output (its engine takes no grammar and "
+                         "no response_format)", param="response_format", code="unsupported_parameter")
+
+
+def _grammar(fmt: Any) -> str:
     from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-    if rf.type == "json_object":
-        return JSON_GBNF, None
+    if fmt.type == "json_object":
+        return JSON_GBNF
     try:
-        return json_schema_to_gbnf(json.dumps(rf.json_schema.schema_)), None
+        return json_schema_to_gbnf(json.dumps(fmt.schema))
     except Exception as exc:
         raise InvalidRequest(f"response_format.json_schema.schema cannot be turned into a grammar: {exc}",
                              param="response_format.json_schema.schema") from None

@@ -27,10 +27,9 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Awaitable, Callable
 
-from ponder.api.response import answer_and_calls
 from ponder.errors import (
     BackendError,
     Cancelled,
@@ -42,109 +41,37 @@ from ponder.errors import (
 )
 from ponder.pricing import price
 from ponder.strategies import get_strategy
-from ponder.strategies.base import Meter, StrategyRequest, StrategyResult
-from ponder.strategies.sampling import Counter
+from ponder.strategies.base import Meter, StrategyResult
+from ponder.summaries import Summarizer
 from ponder.thinking.machine import AnswerDelta, Event, ThinkingDelta
-from ponder.types import CancelToken, Deadline, Generation, Timings, TokenLogprob, Usage
+from ponder.outcome import (
+    Attempt,
+    ChoiceEnd,
+    Delta,
+    Ended,
+    Outcome,
+    RunEvent,
+    answer_and_calls,
+    ledger_row,
+    outcome_extra,
+)
+from ponder.types import CancelToken, Deadline, Generation, Timings, Usage
 
 if TYPE_CHECKING:
     from ponder.policy import Plan
-    from ponder.service import Ponder
+    from ponder.runtime import RunDeps
 
 log = logging.getLogger("ponder.run")
-
-
-# -- what a run tells its adapter ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Delta:
-    """Text of a choice as it is generated (or, for multi-sample strategies, the chosen sample at the end)."""
-
-    index: int
-    kind: str  # "thinking" | "answer"
-    text: str
-    used: int = 0
-    logprobs: tuple[TokenLogprob, ...] = ()
-
-
-@dataclass(frozen=True)
-class SummaryEvent:
-    index: int
-    text: str
-    thinking_tokens: int
-
-
-@dataclass(frozen=True)
-class ChoiceEnd:
-    index: int
-    result: StrategyResult
-
-
-@dataclass(frozen=True)
-class Ended:
-    outcome: "Outcome"
-
-
-RunEvent = Delta | SummaryEvent | ChoiceEnd | Ended
-
-
-@dataclass
-class Attempt:
-    """One try of the request on one lane."""
-
-    lane: str
-    status: int
-    usage: Usage
-    cost_usd: float
-    seconds: float
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {"lane": self.lane, "status": self.status, "usage": self.usage.to_openai(),
-             "cost_usd": round(self.cost_usd, 10), "seconds": round(self.seconds, 4)}
-        if self.error:
-            d["error"] = self.error
-        return d
-
-
-@dataclass
-class Outcome:
-    """Everything a response, a ledger row and the metrics need about one request."""
-
-    id: str
-    created: int
-    plan: "Plan"
-    model: str
-    results: list[StrategyResult]
-    usage: Usage
-    cost_usd: float
-    timings: Timings
-    status: int = 200
-    error: PonderError | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    #: why the strategy stopped early ("deadline", "cancelled"), if it did
-    stopped: str | None = None
-    key: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.status == 200
-
-    @property
-    def lane(self) -> str:
-        return self.attempts[-1].lane if self.attempts else self.plan.lane.name
 
 
 class Run:
     """One request: plan -> strategy -> outcome -> ledger and metrics (see the module docstring)."""
 
-    def __init__(self, service: "Ponder", plan: "Plan", *, request_id: str | None = None, key: str | None = None,
+    def __init__(self, deps: "RunDeps", plan: "Plan", *, request_id: str | None = None, key: str | None = None,
                  cancel: CancelToken | None = None, queue_s: float = 0.0,
                  on_end: Callable[[Outcome], Awaitable[None] | None] | None = None,
                  stream: bool = False, started: float | None = None) -> None:
-        self.service = service
+        self.deps = deps
         self.plan = plan
         self.id = request_id or "chatcmpl-" + uuid.uuid4().hex[:24]
         self.key = key
@@ -164,9 +91,9 @@ class Run:
         self._live_used: dict[tuple[int, int], int] = {}
         self._answer_streamed: set[int] = set()
         self._cache_info: dict | None = None
-        self._summary_tasks: set[asyncio.Task] = set()
-        self._summaries: list[tuple[Usage, float]] = []
-        self._summary_state: dict[int, dict] = {}
+        #: summaries of the thinking (summary visibility), streamed or at the end
+        self.summaries = Summarizer(deps.summarize, self.cancel, self.events, deps.config.server.summary_every_tokens,
+                                    self.id)
         self._accounted = False
 
     # -- live figures (progress chunks, write-ahead flushes, shedding) ---------------
@@ -186,15 +113,15 @@ class Run:
     # -- the run -----------------------------------------------------------------------
     async def execute(self) -> Outcome:
         """Run to the end.  Never raises: failures are in the outcome (and an :class:`Ended` event)."""
-        ledger = self.service.ledger
+        ledger = self.deps.ledger
         ledger.open(self._row(status="running"))
-        self.service.running.add(self)
+        self.deps.running.add(self)
         attempts: list[Attempt] = []
         results: list[StrategyResult] = []
         error: PonderError | None = None
         status = 200
         plan_used = self.plan
-        cache = self.service.answer_cache
+        cache = self.deps.answer_cache
         ckey = cache.key_for(self.plan)
         hit = None
         try:
@@ -209,7 +136,7 @@ class Run:
                     self.events.put_nowait(ChoiceEnd(i, r))
             elif self.deadline is not None:
                 # a hard stop: the deadline cuts thinking, the answer gets its grace, then everything ends
-                hard = self.deadline.left() + self.service.config.server.answer_grace_s + 2.0
+                hard = self.deadline.left() + self.deps.config.server.answer_grace_s + 2.0
                 try:
                     results, plan_used = await asyncio.wait_for(self._attempts(attempts), max(0.1, hard))
                 except asyncio.TimeoutError:
@@ -226,7 +153,7 @@ class Run:
                     not any(r.usage.completion_tokens for r in results):
                 status, error = 504, DeadlineExceeded("the request's deadline passed before anything was generated")
             if hit is None:
-                await self._final_summaries(results)
+                await self.summaries.finish(results, self.plan.visibility == "summary" and not self.stream)
             if ckey is not None and hit is None:
                 self._cache_info = {"hit": False}
                 if error is None and results and all(r.chosen.finish_reason in ("stop", "length") and
@@ -246,9 +173,8 @@ class Run:
             status, error = 500, PonderError("internal error in ponder (see the server log)")
             error.status, error.type, error.code = 500, "server_error", "internal_error"  # type: ignore[misc]
         finally:
-            self.service.running.discard(self)
-            for t in list(self._summary_tasks):
-                t.cancel()
+            self.deps.running.discard(self)
+            self.summaries.cancel()
             outcome = self._build(plan_used, results, attempts, status, error)
             self.outcome = outcome
             await self._account(outcome)
@@ -259,7 +185,7 @@ class Run:
         lanes = [self.plan.lane.name, *self.plan.lane.fallbacks]
         last_error: PonderError | None = None
         for li, lane_name in enumerate(lanes):
-            plan = self.plan if li == 0 else replace(self.plan, lane=self.service.config.lane(lane_name))
+            plan = self.plan if li == 0 else replace(self.plan, lane=self.deps.config.lane(lane_name))
             tries = plan.lane.retries + 1
             for t in range(tries):
                 meter = Meter()
@@ -290,8 +216,8 @@ class Run:
         raise last_error
 
     async def _choices(self, plan: "Plan", meter: Meter) -> list[StrategyResult]:
-        backend = await self.service.backend_async(plan.lane)
-        strategy = get_strategy(plan.strategy)
+        backend = await self.deps.engines.get_async(plan.lane)
+        strategy = plan.runner or get_strategy(plan.strategy)
         # client tools: the answer may be a call, which is only known once it is complete
         live = strategy.info.streams_live and plan.escalation is None and not plan.client_tools
         # the attempt's own token: a failed choice stops its siblings without cancelling the request
@@ -299,12 +225,12 @@ class Run:
 
         async def choice(i: int) -> StrategyResult:
             sink = _ChoiceSink(self, i, live, plan)
-            request = self.service.strategy_request(plan, cancel, seed_offset=i * 10007 if i else 0,
+            request = self.deps.strategy_request(plan, cancel, seed_offset=i * 10007 if i else 0,
                                                     deadline=self.deadline, meter=meter, sink=sink)
             if plan.escalation is not None:
                 from ponder.routing.cascade import run_cascade
 
-                result = await run_cascade(self.service, plan, request, i, self.deadline, meter)
+                result = await run_cascade(self.deps, plan, request, i, self.deadline, meter)
             else:
                 result = await strategy.run(request, backend, plan.strategy_params)
             if not live:
@@ -366,49 +292,9 @@ class Run:
         if isinstance(ev, ThinkingDelta):
             self._emit(Delta(index, "thinking", ev.text, ev.used))
             if self.plan.visibility == "summary" and self.stream:
-                self._maybe_summarize(index, ev)
+                self.summaries.saw(index, ev.text, ev.used)
         elif isinstance(ev, AnswerDelta):
             self._emit(Delta(index, "answer", ev.text, self._live_used.get((index, sid), 0), ev.logprobs))
-
-    # -- summaries ---------------------------------------------------------------------
-    def _maybe_summarize(self, index: int, ev: ThinkingDelta) -> None:
-        st = self._summary_state.setdefault(index, {"text": "", "last": 0, "busy": False})
-        st["text"] += ev.text
-        every = self.service.config.server.summary_every_tokens
-        if ev.used - st["last"] < every or st["busy"]:
-            return
-        st["last"] = ev.used
-        st["busy"] = True
-        text, used = st["text"], ev.used
-
-        async def job() -> None:
-            try:
-                summary, usage, cost = await self.service.summarize(text, cancel=self.cancel, tokens=used)
-                self._summaries.append((usage, cost))
-                self.events.put_nowait(SummaryEvent(index, summary, used))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a failed summary never fails the request
-                log.warning("request %s: summary failed: %s", self.id, exc)
-            finally:
-                st["busy"] = False
-
-        task = asyncio.ensure_future(job())
-        self._summary_tasks.add(task)
-        task.add_done_callback(self._summary_tasks.discard)
-
-    async def _final_summaries(self, results: list[StrategyResult]) -> None:
-        # streamed summaries still running: let them land (they are short)
-        if self._summary_tasks:
-            await asyncio.wait(list(self._summary_tasks), timeout=30)
-        if self.plan.visibility != "summary" or self.stream:
-            return
-        for r in results:
-            if r.chosen.thinking:
-                text, usage, cost = await self.service.summarize(r.chosen.thinking, cancel=self.cancel,
-                                                                 tokens=r.chosen.thinking_report.used)
-                self._summaries.append((usage, cost))
-                r.extra["summary"] = text
 
     # -- accounting ----------------------------------------------------------------------
     def _cost_of(self, plan: "Plan", results: list[StrategyResult]) -> float:
@@ -433,34 +319,15 @@ class Run:
             if spent.total_tokens or error is not None:
                 attempts.append(Attempt(plan.lane.name, status, spent, price(spent, plan.lane.prices),
                                         self.elapsed(), error.message if error else None))
-        summaries = Usage()
-        s_cost = 0.0
-        for u, c in self._summaries:
-            summaries = summaries + u
-            s_cost += c
-        extra: dict[str, Any] = {}
-        if self._summaries:
-            extra["summaries"] = {"count": len(self._summaries), "prompt_tokens": summaries.prompt_tokens,
-                                  "completion_tokens": summaries.completion_tokens, "cost_usd": round(s_cost, 10)}
-        cascades = [r.extra["cascade"] for r in results if "cascade" in r.extra]
-        if cascades:
-            extra["cascade"] = cascades[0] if len(cascades) == 1 else cascades
-        if plan.degraded:
-            extra["degraded"] = plan.degraded
-        if self._cache_info is not None:
-            extra["cache"] = self._cache_info
-        if plan.clamped:
-            extra["clamped"] = plan.clamped
-        if len(attempts) > 1 or (attempts and attempts[-1].lane != self.plan.lane.name):
-            extra["attempts"] = [a.to_dict() for a in attempts]
+        summaries, s_cost = self.summaries.total()
         stopped = next((r.stopped for r in results if r.stopped), None)
-        if stopped and status == 200:
-            extra["stopped"] = stopped
+        extra = outcome_extra(plan, results, attempts, summaries, s_cost, self.summaries.count, self._cache_info,
+                              status, first_lane=self.plan.lane.name)
         first = results[0].chosen.timings if results else Timings()
         queue_s = self.queue_s + (first.queue_s or 0.0)
         timings = Timings(queue_s=queue_s, ttft_s=self._first_token, time_to_answer_s=self._first_answer,
                           total_s=self.elapsed())
-        backend = self.service.cached_backend(plan.lane)
+        backend = self.deps.engines.cached(plan.lane)
         return Outcome(
             id=self.id, created=self.created, plan=plan, model=backend.info.model if backend else plan.lane.name,
             results=results, usage=usage, cost_usd=cost + s_cost, timings=timings, status=status, error=error,
@@ -473,45 +340,26 @@ class Run:
             return
         self._accounted = True
         try:
-            self.service.ledger.complete(self._row(outcome=outcome))
+            self.deps.ledger.complete(self._row(outcome=outcome))
         except Exception:  # the ledger must never take a response down; it logs its own trouble
             log.exception("request %s: ledger write failed", self.id)
-        if self.service.metrics is not None:
-            self.service.metrics.record(outcome)
+        if self.deps.metrics is not None:
+            self.deps.metrics.record(outcome)
         if self._on_end is not None:
             r = self._on_end(outcome)
             if asyncio.iscoroutine(r):
                 await r
 
     def _row(self, *, status: str | None = None, outcome: Outcome | None = None) -> dict:
-        plan = outcome.plan if outcome else self.plan
-        row: dict[str, Any] = {
-            "id": self.id, "key": self.key, "lane": outcome.lane if outcome else plan.lane.name,
-            "model": outcome.model if outcome else (plan.lane.model or plan.lane.upstream_model or plan.lane.name),
-            "strategy": plan.strategy, "started": self.created,
-        }
-        if outcome is None:
-            row.update(status=status, usage=Usage().to_dict(), cost_usd=0.0)
-            return row
-        u = outcome.usage
-        first = outcome.results[0].chosen.thinking_report if outcome.results else None
-        row.update(
-            status="ok" if outcome.status == 200 else ("cancelled" if outcome.status in (499, 503) and
-                                                         self.cancel.cancelled else "error"),
-            http_status=outcome.status, usage=u.to_dict(), cost_usd=outcome.cost_usd,
-            timings=outcome.timings.to_dict(), samples=sum(r.n_samples for r in outcome.results),
-            thinking={"budget": plan.budget.max_tokens, "used": first.used, "stopped": first.stopped} if first else None,
-            error=outcome.error.message if outcome.error else None,
-            attempts=[a.to_dict() for a in outcome.attempts] if len(outcome.attempts) > 1 else None,
-        )
-        return row
+        return ledger_row(self.id, self.key, self.created, self.plan, self.cancel.cancelled, status=status,
+                          outcome=outcome)
 
     def flush(self) -> None:
         """Write what this run has spent so far to its ledger row (write-ahead accounting)."""
         spent = self.spent()
         if spent != getattr(self, "_flushed", None):
             self._flushed = spent
-            self.service.ledger.progress(self.id, spent, price(spent, self.plan.lane.prices))
+            self.deps.ledger.progress(self.id, spent, price(spent, self.plan.lane.prices))
 
 
 class _ChoiceSink:
@@ -526,6 +374,3 @@ class _ChoiceSink:
     def sample_done(self, sid: int, generation: Generation) -> None:
         self.run._live_used[(self.index, sid)] = generation.usage.thinking_tokens
 
-
-def new_counter() -> Counter:
-    return Counter()

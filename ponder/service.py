@@ -1,44 +1,32 @@
 """The service every entry point holds: engines, policy, ledger, metrics — and runs.
 
-:class:`Ponder` owns the backends (built lazily, one per distinct engine
-setting: the built-in fast and reasoning lanes share one engine), plans
-requests through :mod:`ponder.policy`, checks them against the engine's
-context before any work, and starts a :class:`~ponder.run.Run` per request.
-It keeps no per-request state.
+:class:`Ponder` owns the engines (:class:`~ponder.backends.pool.EnginePool`),
+prepares requests — :meth:`Ponder.prepare` plans through
+:mod:`ponder.policy`, builds the lane's engine and fits the request to its
+context, in one call that cannot be done out of order — and starts a
+:class:`~ponder.run.Run` per request, handing it what it needs
+(:class:`~ponder.runtime.RunDeps`).  It keeps no per-request state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import threading
 from dataclasses import replace
 from typing import Callable
 
-from ponder.api.request import ChatCompletionRequest
-from ponder.backends.base import Backend, SampleSpec
-from ponder.backends.registry import build_backend
+from ponder.backends.base import CONTROL_SLACK, Backend
+from ponder.backends.pool import EnginePool
+from ponder.backends.registry import build_backend, lane_has
 from ponder.config import LaneConfig, PonderConfig
 from ponder.errors import ConfigError, ContextOverflow, InvalidRequest, PonderError
 from ponder.ledger import Ledger, open_ledger
-from ponder.policy import Plan, plan_request
-from ponder.pricing import price
+from ponder.policy import Plan, _plan, is_auto, plan_request
+from ponder.request import PonderRequest
 from ponder.routing import build_router
 from ponder.routing.policy import RoutingPolicy
 from ponder.run import Run
-from ponder.strategies.base import Meter, Sink, StrategyRequest
-from ponder.strategies.sampling import Counter
-from ponder.types import CancelToken, Deadline, Message, Sampling, ThinkingBudget, Usage
-
-SUMMARY_INSTRUCTION = (
-    "You report on someone else's reasoning. In one short sentence of your own words, say what the reasoning "
-    "below has established so far (for example: 'It has added the first two numbers and is checking the "
-    "carry.'). Do not quote it and do not solve the problem."
-)
-#: a summary that copies more than this share of its words from the trace (in runs of 5+ words) is rejected
-MAX_COPIED_SHARE = 0.3
-#: room an embedded sequence needs beyond thinking and answer: the cues and the closing of a cut think
-CONTROL_SLACK = 48
+from ponder.runtime import RunDeps, toolbox_of
+from ponder.types import Message, ThinkingBudget, Usage
 
 
 class Ponder:
@@ -52,121 +40,117 @@ class Ponder:
         ledger: Ledger | None = None,
         metrics=None,
     ) -> None:
+        from ponder.cache import AnswerCache
+        from ponder.tools import ToolCache
+
         self.config = config
-        self._backends: dict[str, Backend] = dict(backends or {})
-        self._engines: dict[str, Backend] = {}
-        self._factory = backend_factory
-        self._build_lock = threading.Lock()
+        self.engines = EnginePool(backends, backend_factory)
         #: the routing policy for requests that leave the lane open (None: the default lane)
         self.policy = policy
         self.router = None
-        self.ledger = ledger if ledger is not None else open_ledger(config.ledger)
         self.metrics = metrics
-        #: runs in flight (their spend is flushed to the ledger every ``ledger.flush_interval_s``)
-        self.running: set = set()
         self._flusher: asyncio.Task | None = None
-        from ponder.tools import ToolCache
-
-        #: tool results by (tool, arguments), shared by this service's requests
-        self.tool_cache = ToolCache()
-        from ponder.cache import AnswerCache
-
-        #: answers of exact repeats, in the state store (memory, or Redis shared by replicas)
-        self.answer_cache = AnswerCache(config.cache, config.state.url)
+        #: what every run gets: ledger, answer cache (memory, or Redis shared by replicas), tool-result cache
+        self.deps = RunDeps(config=config, engines=self.engines,
+                            ledger=ledger if ledger is not None else open_ledger(config.ledger),
+                            answer_cache=AnswerCache(config.cache, config.state.url), tool_cache=ToolCache(),
+                            cascade=policy.cascade if policy is not None else None)
         if policy is not None:
             policy.check_against(config)
             fast = config.lane(policy.lane_name(policy.bands[0], config))
-            self.router = build_router(policy, lambda: self.backend(fast))
+            self.router = build_router(policy, lambda: self.engines.get(fast))
 
-    # -- backends ----------------------------------------------------------------------
+    @property
+    def ledger(self) -> Ledger:
+        return self.deps.ledger
+
+    @property
+    def running(self) -> set:
+        """Runs in flight (their spend is flushed to the ledger every ``ledger.flush_interval_s``)."""
+        return self.deps.running
+
+    # -- engines -------------------------------------------------------------------------
     def backend(self, lane: LaneConfig) -> Backend:
         """The lane's engine (built on first use; loading a model takes seconds: call off the event loop)."""
-        b = self._backends.get(lane.name)
-        if b is not None:
-            return b
-        key = engine_key(lane)
-        with self._build_lock:
-            if lane.name not in self._backends:
-                if key not in self._engines:
-                    self._engines[key] = self._factory(lane)
-                self._backends[lane.name] = self._engines[key]
-            return self._backends[lane.name]
+        return self.engines.get(lane)
 
     async def backend_async(self, lane: LaneConfig) -> Backend:
-        return self._backends.get(lane.name) or await asyncio.to_thread(self.backend, lane)
+        return await self.engines.get_async(lane)
 
     def cached_backend(self, lane: LaneConfig) -> Backend | None:
-        return self._backends.get(lane.name)
+        return self.engines.cached(lane)
 
     def backends(self) -> list[Backend]:
-        return list({id(b): b for b in self._backends.values()}.values())
+        return self.engines.all()
 
     async def aclose(self) -> None:
         """Close engines, HTTP clients, the math-verify pool and the ledger (the lifespan hook calls this)."""
         if self._flusher is not None:
             self._flusher.cancel()
-        for b in self.backends():
-            try:
-                await b.aclose()
-            except Exception:  # pragma: no cover - closing must go on
-                pass
+        await self.engines.aclose()
         from ponder.verifiers.equivalence import shutdown_pool
 
         shutdown_pool()
-        await self.answer_cache.aclose()
+        await self.deps.answer_cache.aclose()
         self.ledger.close()
 
     def close(self) -> None:
         """Synchronous close (CLI)."""
         asyncio.run(self.aclose())
 
-    # -- planning ----------------------------------------------------------------------
-    async def plan(self, req: ChatCompletionRequest) -> Plan:
+    # -- preparing a request -------------------------------------------------------------
+    async def prepare(self, req: PonderRequest) -> Plan:
+        """Route, plan, build the lane's engine and fit the request to its context: the one way in.
+
+        The prompt is rendered and tokenized here, once, and carried on the
+        plan to every sample that uses it.
+        """
         score = None
-        if self.policy is not None and self.policy.router == "llm" and self.router is not None:
-            from ponder.policy import is_auto
+        if self.policy is not None and self.policy.router == "llm" and self.router is not None \
+                and is_auto(self.config, req.lane or req.model):
+            score = await self.router.ascore(list(req.messages))
+        plan = plan_request(req, self.config, policy=self.policy, router=self.router, score=score)
+        backend = await self.engines.get_async(plan.lane)
+        escalation = await self.engines.get_async(plan.escalation.lane) if plan.escalation is not None else None
+        return self._fit(plan, backend, escalation)
 
-            pinned = req.ponder.lane if req.ponder and req.ponder.lane else req.model
-            if is_auto(self.config, pinned):
-                score = await self.router.ascore(req.chat())
-        return plan_request(req, self.config, policy=self.policy, router=self.router, score=score)
+    def prepare_sync(self, req: PonderRequest) -> Plan:
+        """:meth:`prepare` for synchronous callers (the lab, distillation, tests): no llm router."""
+        plan = plan_request(req, self.config, policy=self.policy, router=self.router)
+        escalation = self.engines.get(plan.escalation.lane) if plan.escalation is not None else None
+        return self._fit(plan, self.engines.get(plan.lane), escalation)
 
-    def plan_sync(self, req: ChatCompletionRequest) -> Plan:
-        """Plan without an llm router (tests, start-up validation)."""
-        return plan_request(req, self.config, policy=self.policy, router=self.router)
-
-    def preflight(self, plan: Plan) -> Plan:
+    def _fit(self, plan: Plan, backend: Backend, escalation: Backend | None) -> Plan:
         """Fit the request to the engine's context before any work: clamp the budget or refuse.
 
         Counts the prompt with the engine's tokenizer (bounded: a prompt whose
         characters cannot possibly fit is refused without tokenizing it), then
         checks prompt + thinking cap + answer tokens against the context.
         """
-        backend = self._backends.get(plan.lane.name)
-        if backend is None:
-            return plan
-        if plan.tools and not backend.info.text_completion:
-            raise InvalidRequest(f"built-in tools ({', '.join(plan.tools)}) run inside the thinking, which needs the "
-                                 f"embedded engine; lane {plan.lane.name!r} is an upstream chat API (use OpenAI "
+        if plan.tools and not lane_has(plan.lane, "builtin_tools"):
+            raise InvalidRequest(f"built-in tools ({', '.join(plan.tools)}) run inside the thinking, which needs an "
+                                 f"engine that can pause and continue it; lane {plan.lane.name!r} cannot (use OpenAI "
                                  f"`tools` there)", param="ponder.tools")
-        if not backend.info.text_completion or not backend.info.context_length:
-            return replace(plan, prompt_tokens=backend.prompt_tokens(plan.messages, plan.budget))
         limit = backend.info.context_length
-        chars = sum(len(m.content) for m in plan.messages)
-        if chars > limit * 64:
-            raise ContextOverflow(f"the prompt is {chars:,} characters, far beyond the model's context of {limit} "
-                                  "tokens", param="messages")
-        n = backend.prompt_tokens(plan.messages, plan.budget)
-        if n >= limit:
-            raise ContextOverflow(f"the prompt is {n} tokens; the model's context holds {limit}", param="messages")
-        plan = replace(self._fit(plan, n, limit), prompt_tokens=n)
-        if plan.escalation is not None:
-            esc_backend = self._backends.get(plan.escalation.lane.name)
-            if esc_backend is not None and esc_backend.info.context_length:
-                plan = replace(plan, escalation=self._fit(plan.escalation, n, esc_backend.info.context_length))
+        if limit:
+            chars = sum(len(m.content) for m in plan.messages)
+            if chars > limit * 64:
+                raise ContextOverflow(f"the prompt is {chars:,} characters, far beyond the model's context of "
+                                      f"{limit} tokens", param="messages")
+        prompt = backend.prepare_prompt(plan.messages, plan.budget, _tools_note(plan, self.deps.tool_cache))
+        plan = replace(plan, prompt=prompt)
+        if not limit or not backend.info.text_completion:
+            return plan
+        if prompt.n_tokens >= limit:
+            raise ContextOverflow(f"the prompt is {prompt.n_tokens} tokens; the model's context holds {limit}",
+                                  param="messages")
+        plan = self._clamp(plan, prompt.n_tokens, limit)
+        if escalation is not None and escalation.info.context_length:
+            plan = replace(plan, escalation=self._clamp(plan.escalation, prompt.n_tokens,
+                                                        escalation.info.context_length))
         return plan
 
-    def _fit(self, plan: Plan, prompt: int, limit: int) -> Plan:
+    def _clamp(self, plan: Plan, prompt: int, limit: int) -> Plan:
         room = limit - prompt - CONTROL_SLACK
         think, answer = plan.budget.max_tokens, plan.sampling.max_answer_tokens
         if think + answer <= room:
@@ -193,62 +177,34 @@ class Ponder:
         ``max_budget`` is an error naming the config key, not a 400 blamed on
         the first client.
         """
-        from ponder.api.request import parse_request
-
-        probe = [{"role": "user", "content": "probe"}]
+        probe = (Message("user", "probe"),)
         for i, lane in enumerate(self.config.lanes):
-            if lane.tools.enabled and lane.backend != "llama_cpp":
-                raise ConfigError(f"lanes.{i} ({lane.name}): built-in tools run inside the thinking and need the "
-                                  f"embedded engine (backend: llama_cpp)", param=f"lanes.{i}.tools.enabled")
+            if lane.tools.enabled and not lane_has(lane, "builtin_tools"):
+                raise ConfigError(f"lanes.{i} ({lane.name}): built-in tools run inside the thinking and need an "
+                                  f"engine that can pause and continue it (backend: llama_cpp)",
+                                  param=f"lanes.{i}.tools.enabled")
             try:
-                self.plan_sync(parse_request({"model": lane.name, "messages": probe}))
+                plan_request(PonderRequest(probe, model=lane.name), self.config)
             except PonderError as exc:
                 raise ConfigError(f"lanes.{i} ({lane.name}): {exc.message}", param=f"lanes.{i}.{_key(exc)}") from None
             for effort in self.config.thinking.efforts:
                 try:
-                    self.plan_sync(parse_request({"model": lane.name, "messages": probe, "reasoning_effort": effort}))
+                    plan_request(PonderRequest(probe, model=lane.name, effort=effort), self.config)
                 except PonderError as exc:
                     raise ConfigError(f"thinking.efforts.{effort}: {exc.message}",
                                       param=f"thinking.efforts.{effort}") from None
-        if self.policy is not None:
-            from ponder.policy import _plan
+        for j, band in enumerate(self.policy.bands if self.policy is not None else ()):
+            lane = self.config.lane(self.policy.lane_name(band, self.config))
+            try:
+                _plan(PonderRequest(probe), self.config, lane, band, {})
+            except PonderError as exc:
+                raise ConfigError(f"policy bands.{j} ({band.label()}): {exc.message}",
+                                  param=f"policy.bands.{j}") from None
 
-            for j, band in enumerate(self.policy.bands):
-                lane = self.config.lane(self.policy.lane_name(band, self.config))
-                try:
-                    _plan(parse_request({"messages": probe}), self.config, lane, band, {})
-                except PonderError as exc:
-                    raise ConfigError(f"policy bands.{j} ({band.label()}): {exc.message}",
-                                      param=f"policy.bands.{j}") from None
-
-    # -- running -----------------------------------------------------------------------
-    def strategy_request(self, plan: Plan, cancel: CancelToken, *, seed_offset: int = 0,
-                         deadline: Deadline | None = None, meter: Meter | None = None,
-                         sink: Sink | None = None) -> StrategyRequest:
-        sampling = plan.sampling
-        if sampling.seed is not None and seed_offset:
-            sampling = sampling.with_seed(sampling.seed + seed_offset)
-        tools = None
-        if plan.tools:
-            from ponder.tools import toolbox_for
-
-            tools = toolbox_for(plan.lane.tools, plan.tools, self.tool_cache)
-        return StrategyRequest(
-            messages=plan.messages,
-            budget=plan.budget,
-            sampling=sampling,
-            cancel=cancel,
-            loop_guard=self.config.thinking.loop_guard,
-            max_samples=self.config.server.max_samples,
-            deadline=deadline,
-            meter=meter or Meter(),
-            sink=sink,
-            tools=tools,
-            response_format=plan.response_format,
-            client_tools=plan.client_tools,
-            tool_choice=plan.tool_choice,
-            counter=Counter(),
-        )
+    # -- running -------------------------------------------------------------------------
+    def strategy_request(self, plan: Plan, cancel, **kw):
+        """The strategy's view of a plan (the lab and distillation run strategies directly)."""
+        return self.deps.strategy_request(plan, cancel, **kw)
 
     def run(self, plan: Plan, **kw) -> Run:
         if self._flusher is None or self._flusher.done():
@@ -256,7 +212,8 @@ class Ponder:
                 self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
             except RuntimeError:  # no loop (a synchronous caller): nothing to flush in the background
                 pass
-        return Run(self, plan, **kw)
+        self.deps.metrics = self.metrics
+        return Run(self.deps, plan, **kw)
 
     async def _flush_loop(self) -> None:
         """One ticker for every running request: write-ahead accounting without a task per request."""
@@ -273,51 +230,14 @@ class Ponder:
         """Run a plan to its outcome (the CLI's and the library's one-call path)."""
         return await self.run(plan, **kw).execute()
 
-    # -- summaries ---------------------------------------------------------------------
-    def summarizer_lane(self) -> LaneConfig:
-        name = self.config.server.summary_lane
-        return self.config.lane(name) if name is not None else self.config.lanes[0]
-
-    async def summarize(self, thinking: str, *, cancel: CancelToken | None = None,
-                        tokens: int = 0) -> tuple[str, Usage, float]:
-        """A one-sentence summary of a thinking trace: (text, usage, cost).
-
-        Runs on the summary lane's engine next to the generation it
-        summarizes (batched with it on the embedded engine).  A "summary"
-        that copies the trace is not a summary: it is replaced by a progress
-        line, so hidden thinking never leaks through it.
-        """
-        lane = self.summarizer_lane()
-        backend = await self.backend_async(lane)
-        spec = SampleSpec((Message("system", SUMMARY_INSTRUCTION), Message("user", thinking[-3000:])),
-                          ThinkingBudget(0), Sampling(temperature=0.0, max_answer_tokens=48),
-                          cancel=(cancel or CancelToken()).child())
-        g = await backend.sample(spec)
-        text = g.answer.strip().splitlines()[0].strip() if g.answer.strip() else ""
-        if not text or copied_share(text, thinking) > MAX_COPIED_SHARE:
-            text = f"Thinking… ({tokens} tokens so far)" if tokens else "Thinking…"
-        return text, g.usage, price(g.usage, lane.prices)
+    async def summarize(self, thinking: str, **kw) -> tuple[str, Usage, float]:
+        return await self.deps.summarize(thinking, **kw)
 
 
-def copied_share(summary: str, trace: str, n: int = 5) -> float:
-    """Share of the summary's words that sit in a run of ``n``+ consecutive words also found in the trace."""
-    words = re.findall(r"\w+", summary.lower())
-    if len(words) < n:
-        return 0.0
-    trace_words = re.findall(r"\w+", trace.lower())
-    grams = {tuple(trace_words[i:i + n]) for i in range(len(trace_words) - n + 1)}
-    covered = [False] * len(words)
-    for i in range(len(words) - n + 1):
-        if tuple(words[i:i + n]) in grams:
-            for j in range(i, i + n):
-                covered[j] = True
-    return sum(covered) / len(words)
+def _tools_note(plan: Plan, tool_cache) -> str | None:
+    from ponder.tools.client import system_note
 
-
-def engine_key(lane: LaneConfig) -> str:
-    """What makes two lanes' engines different (not their names, efforts, strategies, prices or fallbacks)."""
-    return repr(sorted(lane.model_dump(exclude={"name", "effort", "strategy", "params", "answer_tokens", "prices",
-                                                "fallbacks", "retries", "retry_backoff_s", "tools"}).items()))
+    return system_note(toolbox_of(plan, tool_cache), plan.client_tools, plan.tool_choice)
 
 
 def _key(exc: PonderError) -> str:

@@ -91,8 +91,8 @@ def policy(**kw):
 def plan(service, **body):
     import asyncio
 
-    return asyncio.run(service.plan(parse_request({"messages": [{"role": "user", "content": body.pop("q", "hi")}],
-                                                   **body})))
+    return asyncio.run(service.prepare(parse_request({"messages": [{"role": "user", "content": body.pop("q", "hi")}],
+                                                      **body}).to_ponder()))
 
 
 def test_auto_requests_are_routed_and_explicit_settings_win():

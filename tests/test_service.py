@@ -9,7 +9,10 @@ import pytest
 from ponder.backends.scripted import ScriptedBackend
 from ponder.config import config_from_dict
 from ponder.errors import ConfigError, ContextOverflow
-from ponder.service import MAX_COPIED_SHARE, Ponder, copied_share
+from ponder.request import PonderRequest
+from ponder.service import Ponder
+from ponder.summaries import MAX_COPIED_SHARE, copied_share
+from ponder.types import Message
 
 TRACE = ("First I add the tens: ten plus ten is twenty. Then the units: two plus seven is nine. "
          "So twelve plus seventeen is twenty nine, and I should double check the carry.")
@@ -53,25 +56,22 @@ def test_validate_rejects_text_only_strategies_on_an_upstream_lane():
                                        "strategy": "mcts"}], "ledger": {"url": "off"}})
     with pytest.raises(ConfigError) as e:
         Ponder(cfg).validate()
-    assert e.value.param == "lanes.0.strategy" and "embedded engine" in e.value.message
+    assert e.value.param == "lanes.0.strategy" and "text_completion" in e.value.message
 
 
-def test_preflight_clamps_the_budget_to_the_context_or_refuses():
-    from ponder.api.request import parse_request
-
+def test_prepare_clamps_the_budget_to_the_context_or_refuses():
     class Small(ScriptedBackend):
         pass
 
     b = Small(["x"])
     b.info = b.info.__class__(**{**b.info.__dict__, "context_length": 300})
     s = Ponder(config_from_dict({"lanes": [{"name": "a"}], "ledger": {"url": "off"}}), backends={"a": b})
-    plan = s.preflight(s.plan_sync(parse_request({"messages": [{"role": "user", "content": "hi"}],
-                                                  "max_thinking_tokens": 5000, "max_tokens": 50})))
+    hi = (Message("user", "hi"),)
+    plan = s.prepare_sync(PonderRequest(hi, max_thinking_tokens=5000, max_answer_tokens=50))
     assert plan.budget.max_tokens + plan.sampling.max_answer_tokens <= 300
     assert plan.clamped["max_thinking_tokens"]["from"] == 5000
     strict = Ponder(config_from_dict({"lanes": [{"name": "a"}], "ledger": {"url": "off"},
                                       "server": {"budget_overflow": "reject"}}), backends={"a": b})
     with pytest.raises(ContextOverflow) as e:
-        strict.preflight(strict.plan_sync(parse_request({"messages": [{"role": "user", "content": "hi"}],
-                                                         "max_thinking_tokens": 5000})))
+        strict.prepare_sync(PonderRequest(hi, max_thinking_tokens=5000))
     assert e.value.param == "max_thinking_tokens"

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ponder.errors import InvalidRequest, PayloadTooLarge
+from ponder.request import OutputFormat, PonderRequest
 from ponder.types import Message
 
 Visibility = Literal["hidden", "visible", "summary"]
@@ -222,6 +223,30 @@ class ChatCompletionRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def to_ponder(self, *, deadline_cap_s: float | None = None) -> PonderRequest:
+        """ponder's own request (the core never sees this API's types)."""
+        p = self.ponder
+        rf = self.response_format
+        fmt = None
+        if rf is not None and rf.type != "text":
+            fmt = OutputFormat(rf.type, rf.json_schema.schema_ if rf.json_schema else None,
+                               rf.model_dump(by_alias=True, exclude_none=True))
+        return PonderRequest(
+            messages=tuple(self.chat()), model=self.model, lane=p.lane if p else None,
+            effort=self.reasoning_effort, max_thinking_tokens=self.max_thinking_tokens,
+            min_thinking_tokens=self.min_thinking_tokens,
+            max_answer_tokens=self.max_completion_tokens or self.max_tokens,
+            answer_tokens_field="max_completion_tokens" if self.max_completion_tokens else "max_tokens",
+            temperature=self.temperature, top_p=self.top_p, seed=self.seed, stop=self.stops(), n=self.n,
+            visibility=self.thinking.visibility if self.thinking else None,
+            strategy=p.strategy if p else None, params=dict(p.params) if p else {},
+            deadline_s=p.deadline_s if p else None, deadline_cap_s=deadline_cap_s,
+            cache=p.cache if p else None, tools=tuple(p.tools) if p and p.tools is not None else None,
+            output_format=fmt, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
+            client_tools=tuple(t.model_dump(exclude_none=True) for t in self.tools or ()),
+            tool_choice=self.tool_choice, stream=self.stream,
+        ).validate()
 
 
 def parse_request(body: Any) -> ChatCompletionRequest:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ponder.outcome import answer_and_calls
 from ponder.strategies.base import StrategyResult
 from ponder.types import Usage
 
 if TYPE_CHECKING:
-    from ponder.run import Outcome
+    from ponder.outcome import Outcome
 
 
 def thinking_block(result: StrategyResult) -> dict:
@@ -55,15 +56,6 @@ def ponder_block(outcome: "Outcome") -> dict:
             block["tools"] = tools
     block.update(outcome.extra)
     return block
-
-
-def answer_and_calls(result: StrategyResult, plan) -> tuple[str | None, list[dict]]:
-    """The answer as content, and the client-tool calls in it (none unless the request has tools)."""
-    if not plan.client_tools:
-        return result.answer, []
-    from ponder.tools.client import split_calls
-
-    return split_calls(result.answer, [t["function"]["name"] for t in plan.client_tools])
 
 
 def message_of(result: StrategyResult, visibility: str, plan=None) -> dict:

@@ -26,6 +26,11 @@ from ponder.thinking.machine import Event, LoopGuardSettings, Monitor
 from ponder.types import CancelToken, Deadline, Generation, Message, Sampling, ThinkingBudget
 
 
+#: room a text-continuation sequence needs beyond its thinking cap and answer: the cues and the closing of a
+#: cut think (the context check before work and the engine's KV reservation both use it)
+CONTROL_SLACK = 48
+
+
 @dataclass(frozen=True)
 class BackendInfo:
     """What the controller and strategies need to know about an engine."""
@@ -49,6 +54,27 @@ class BackendInfo:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """A sample's prompt, rendered and tokenized once when its request is prepared.
+
+    ``key`` says what it was rendered from (the conversation, whether thinking
+    is on, the tools note); a backend reuses it only for a sample with the
+    same key, so a budget clamped to zero or another conversation (a
+    critique, a judge) renders its own.
+    """
+
+    n_tokens: int
+    key: tuple
+    #: the rendered text and its token ids (None where an API renders the chat itself)
+    text: str | None = None
+    ids: tuple[int, ...] | None = None
+
+
+def prompt_key(messages: Sequence[Message], budget: ThinkingBudget, tools_note: str | None) -> tuple:
+    return (tuple(messages), budget.enabled, tools_note)
+
+
+@dataclass(frozen=True)
 class SampleSpec:
     """One sample to generate under thinking control."""
 
@@ -58,6 +84,8 @@ class SampleSpec:
     loop_guard: LoopGuardSettings = LoopGuardSettings()
     cancel: CancelToken = field(default_factory=CancelToken, compare=False)
     deadline: Deadline | None = None
+    #: once the deadline cuts the thinking, the answer still gets this long (``server.answer_grace_s``)
+    answer_grace_s: float = 2.0
     #: hand the model this thinking as if it had thought it, then let it answer (the lab's audit)
     given_thinking: str | None = None
     #: built-in tools the model may call inside its thinking (:class:`ponder.tools.ToolBox`)
@@ -69,6 +97,14 @@ class SampleSpec:
     #: the client's functions (OpenAI ``tools``) and its ``tool_choice``: calls go back to the client
     client_tools: tuple = field(default=(), compare=False)
     tool_choice: Any = None
+    #: the prompt as prepared with the request (reused when its key matches this sample)
+    prompt: Prompt | None = field(default=None, compare=False)
+
+    def tools_note(self) -> str | None:
+        """The system note about tools (built-in and the client's) that text engines add to the prompt."""
+        from ponder.tools.client import system_note
+
+        return system_note(self.tools, self.client_tools, self.tool_choice)
 
     def seeded(self, offset: int) -> "SampleSpec":
         """The same sample with seed + offset (independent draws of one request)."""
@@ -130,9 +166,17 @@ class Backend(abc.ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` costs on this model (exact where the tokenizer is local)."""
 
-    def prompt_tokens(self, messages: Sequence[Message], budget: ThinkingBudget) -> int:
-        """Tokens the prompt of a sample costs (for the context check before any work)."""
-        return sum(self.count_tokens(m.content) + 4 for m in messages)
+    def prepare_prompt(self, messages: Sequence[Message], budget: ThinkingBudget,
+                       tools_note: str | None = None) -> Prompt:
+        """The prompt of a sample, counted (and, on text engines, rendered and tokenized) once.
+
+        The count is what the context check before any work uses; engines
+        that render the chat themselves reuse the rendering for the samples.
+        """
+        n = sum(self.count_tokens(m.content) + 4 for m in messages)
+        if tools_note:
+            n += self.count_tokens(tools_note)
+        return Prompt(n, prompt_key(messages, budget, tools_note))
 
     def load(self) -> dict:
         """Sequences running and waiting (embedded engines); empty for remote ones."""

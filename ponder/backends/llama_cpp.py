@@ -14,16 +14,22 @@ import asyncio
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ponder.backends.base import Backend, BackendInfo, Completion, EventSink, SampleSpec
+from ponder.backends.base import (
+    CONTROL_SLACK,
+    Backend,
+    BackendInfo,
+    Completion,
+    EventSink,
+    Prompt,
+    SampleSpec,
+    prompt_key,
+)
 from ponder.backends.engine import Admitted, Done, Engine, Failed, SeqRequest, ToolRequest
 from ponder.backends.models import model_label, resolve_model
-from ponder.errors import BackendError
 from ponder.thinking import control
 from ponder.thinking.machine import CompletionMachine, Event
 from ponder.types import CancelToken, Generation, Message, Sampling, ThinkingBudget, Usage
 
-#: room a sequence needs beyond its thinking cap and answer: cues, the closing of a cut think
-_CONTROL_SLACK = 48
 
 
 class LlamaCppBackend(Backend):
@@ -74,8 +80,10 @@ class LlamaCppBackend(Backend):
         bos = self._formatter.bos_token
         return bool(self._formatter.add_bos) and not (bos and text.startswith(bos))
 
-    def prompt_tokens(self, messages, budget: ThinkingBudget) -> int:
-        return len(self._prompt_ids(control.raw_prompt(self, messages, budget)))
+    def prepare_prompt(self, messages, budget: ThinkingBudget, tools_note: str | None = None) -> Prompt:
+        text = control.raw_prompt(self, messages, budget, None, tools_note)
+        ids = tuple(self._prompt_ids(text))
+        return Prompt(len(ids), prompt_key(messages, budget, tools_note), text, ids)
 
     def load(self) -> dict:
         return self.engine.load()
@@ -94,16 +102,9 @@ class LlamaCppBackend(Backend):
     async def _draw(self, spec: SampleSpec, offsets: list[int], on_event: EventSink | None,
                     relabel: int = 0) -> list[Generation]:
         loop = asyncio.get_running_loop()
-        notes = [spec.tools.prompt()] if spec.tools is not None else []
-        if spec.client_tools:
-            from ponder.tools.client import tools_prompt as client_prompt
-
-            notes.append(client_prompt(spec.client_tools, spec.tool_choice))
-        tools_prompt = "\n\n".join(notes) or None
-        prompt = control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking, tools_prompt)
-        ids = self._prompt_ids(prompt)
+        ids = self._ids_for(spec)
         think = 0 if spec.given_thinking is not None else spec.budget.max_tokens
-        max_new = think + spec.sampling.max_answer_tokens + _CONTROL_SLACK
+        max_new = think + spec.sampling.max_answer_tokens + CONTROL_SLACK
         if spec.tools is not None:
             max_new += spec.tools.max_result_tokens * spec.tools.max_calls
         runs = []
@@ -116,7 +117,8 @@ class LlamaCppBackend(Backend):
             req = SeqRequest(
                 machine, post, temperature=s.sampling.temperature, top_p=s.sampling.top_p, top_k=s.sampling.top_k,
                 seed=s.sampling.seed, top_logprobs=s.sampling.top_logprobs, grammar=s.sampling.grammar,
-                max_new=max_new, cancel=s.cancel.child(), deadline=s.deadline)
+                max_new=max_new, cancel=s.cancel.child(), deadline=s.deadline,
+                answer_grace_s=s.answer_grace_s)
             runs.append((off, q, machine, req, clock))
         self.engine.submit(ids, [r[3] for r in runs])
         tasks = [asyncio.ensure_future(self._consume(spec, len(ids), off - relabel, q, m, req, clock, on_event))
@@ -130,6 +132,15 @@ class LlamaCppBackend(Backend):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+    def _ids_for(self, spec: SampleSpec) -> list[int]:
+        """The sample's prompt ids: the ones prepared with the request when they fit this sample, else rendered now."""
+        note = spec.tools_note()
+        p = spec.prompt
+        if spec.given_thinking is None and p is not None and p.ids is not None and \
+                p.key == prompt_key(spec.messages, spec.budget, note):
+            return list(p.ids)
+        return self._prompt_ids(control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking, note))
 
     async def _consume(self, spec: SampleSpec, n_prompt: int, index: int, q: asyncio.Queue, machine, req: SeqRequest,
                        clock: control.Clock, on_event: EventSink | None) -> Generation:

@@ -15,7 +15,7 @@ import re
 import threading
 from typing import Callable, Sequence
 
-from ponder.backends.base import Backend, BackendInfo, Completion, SampleSpec
+from ponder.backends.base import Backend, BackendInfo, Completion, Prompt, SampleSpec, prompt_key
 from ponder.thinking import control
 from ponder.thinking.control import ChatPiece, Clock, StreamStats
 from ponder.thinking.machine import CompletionMachine, Event
@@ -73,8 +73,11 @@ class ScriptedBackend(Backend, control.ChatEngine):
     def count_tokens(self, text: str) -> int:
         return len(units(text))
 
-    def prompt_tokens(self, messages, budget) -> int:
-        return self.count_tokens(control.raw_prompt(self, messages, budget))
+    def prepare_prompt(self, messages, budget, tools_note=None) -> Prompt:
+        if not self.info.text_completion:
+            return super().prepare_prompt(messages, budget, tools_note)
+        text = control.raw_prompt(self, messages, budget, None, tools_note)
+        return Prompt(self.count_tokens(text), prompt_key(messages, budget, tools_note), text)
 
     # -- text mode: the machine on scripted words ---------------------------------
     async def sample(self, spec: SampleSpec, *, on_event=None) -> Generation:

@@ -23,21 +23,21 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from ponder import __version__
-from ponder.api.request import parse_request
 from ponder.backends.base import Backend
-from ponder.backends.models import file_sha256, model_label, resolve_model
+from ponder.backends.models import model_label, resolve_model
 from ponder.config import LaneConfig, PonderConfig, load_config
 from ponder.errors import ConfigError, PonderError
 from ponder.lab.config import BenchConfig, Point, is_pooled
 from ponder.lab.pool import SamplePool
 from ponder.lab.tasks import Item, JsonlSpec, load_jsonl, load_task, sha256_text
 from ponder.service import Ponder
-from ponder.strategies import get_strategy
+from ponder.policy import plan_request
+from ponder.request import PonderRequest
 from ponder.thinking.extract import extract_answer
-from ponder.types import CancelToken, Generation
+from ponder.types import CancelToken, Generation, Message
 
 SAMPLES = "samples.jsonl"
 RUN = "run.json"
@@ -114,17 +114,9 @@ def _lanes_config(cfg: BenchConfig, *, check_models: bool = True) -> PonderConfi
 
 def model_manifest(config: PonderConfig) -> dict[str, dict]:
     """Name, file and sha256 of each lane's model (upstreams: their URL and model name)."""
-    out = {}
-    for lane in config.lanes:
-        if lane.backend == "llama_cpp":
-            try:
-                path = resolve_model(lane.model)
-                out[lane.name] = {"backend": "llama_cpp", "file": path.name, "sha256": file_sha256(path)}
-            except PonderError as exc:
-                out[lane.name] = {"backend": "llama_cpp", "error": exc.message}
-        else:
-            out[lane.name] = {"backend": lane.backend, "base_url": lane.base_url, "model": lane.upstream_model}
-    return out
+    from ponder.backends.registry import kind_of
+
+    return {lane.name: kind_of(lane).provenance(lane) for lane in config.lanes}
 
 
 # ---------------------------------------------------------------------------
@@ -132,27 +124,17 @@ def model_manifest(config: PonderConfig) -> dict[str, dict]:
 # ---------------------------------------------------------------------------
 
 
-def request_body(cfg: BenchConfig, point: Point, item: Item, seed: int) -> dict[str, Any]:
-    """The chat-completion request a client would send for this configuration."""
-    body: dict[str, Any] = {
-        "model": point.model,
-        "messages": [{"role": "user", "content": cfg.prompt.format(question=item.question)}],
-        "temperature": cfg.temperature,
-        "seed": seed,
-        "max_tokens": cfg.answer_tokens,
-        "ponder": {"strategy": point.strategy, "params": cfg.strategy_params(point)},
-    }
-    if point.tools:
-        body["ponder"]["tools"] = point.tools.split("+")
-    if cfg.logprobs_k():
-        body["logprobs"] = True
-        body["top_logprobs"] = cfg.logprobs_k()
+def request_for(cfg: BenchConfig, point: Point, item: Item, seed: int) -> PonderRequest:
+    """The request a client would make for this configuration, in ponder's own terms."""
     kind, _, value = point.budget.partition("=")
-    if kind == "effort":
-        body["reasoning_effort"] = value
-    else:
-        body["max_thinking_tokens"] = int(value)
-    return body
+    k = cfg.logprobs_k()
+    return PonderRequest(
+        messages=(Message("user", cfg.prompt.format(question=item.question)),), model=point.model,
+        effort=value if kind == "effort" else None, max_thinking_tokens=None if kind == "effort" else int(value),
+        max_answer_tokens=cfg.answer_tokens, temperature=cfg.temperature, seed=seed,
+        strategy=point.strategy, params=cfg.strategy_params(point),
+        tools=tuple(point.tools.split("+")) if point.tools else None, logprobs=bool(k), top_logprobs=k or 0,
+    ).validate()
 
 
 def score(item: Item, answer: str, extracted: str | None, memo: dict) -> tuple[float | None, str | None]:
@@ -182,8 +164,8 @@ class _Progress:
 async def run_point(ponder: Ponder, backend: Backend, cfg: BenchConfig, point: Point, item: Item, seed: int,
                     pool: SamplePool | None, memo: dict, *, cancel: CancelToken,
                     sink: _Progress | None = None) -> dict:
-    body = request_body(cfg, point, item, seed)
-    prompt_sha = sha256_text(body["messages"][0]["content"])
+    req = request_for(cfg, point, item, seed)
+    prompt_sha = sha256_text(req.messages[0].content)
     base = {
         "schema": LINE_SCHEMA, "item": item.id, "task": item.task, "difficulty": item.difficulty,
         "prompt_sha256": prompt_sha, "expected_sha256": item.expected_sha256, "config": point.as_dict(), "seed": seed,
@@ -192,10 +174,10 @@ async def run_point(ponder: Ponder, backend: Backend, cfg: BenchConfig, point: P
     fresh0 = pool.fresh_seconds if pool else 0.0
     pooled = is_pooled(point.strategy)
     try:
-        plan = ponder.preflight(ponder.plan_sync(parse_request(body)))
+        plan = ponder.prepare_sync(req)
         request = replace(ponder.strategy_request(plan, cancel, sink=sink), verifier=item.verifier,
                           answer_kind=item.answer_kind, pool=pool if pooled else None)
-        result = await get_strategy(plan.strategy).run(request, backend, plan.strategy_params)
+        result = await plan.runner.run(request, backend, plan.strategy_params)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -469,7 +451,7 @@ def _preflight(ponder: Ponder, cfg: BenchConfig, points: dict[str, list[Point]],
     for pts in points.values():
         for p in pts:
             try:
-                ponder.plan_sync(parse_request(request_body(cfg, p, item, 0)))
+                plan_request(request_for(cfg, p, item, 0), ponder.config)
             except PonderError as exc:
                 flag = {"max_thinking_tokens": "--budgets", "reasoning_effort": "--efforts"}.get(exc.param or "",
                                                                                                   "--param")

@@ -60,10 +60,13 @@ async def assess(request: StrategyRequest, backend, samples, spec) -> Trust:
     return Trust(True, "the fast samples agree" if len(samples) >= 2 else "the fast answer has an answer")
 
 
-async def run_cascade(service, plan, request: StrategyRequest, index: int, deadline, meter) -> StrategyResult:
-    """Both attempts in one result: ``extra["cascade"]`` lists them; ``extra["cost_usd"]`` prices each at its lane."""
-    spec = service.policy.cascade
-    fast_backend = await service.backend_async(plan.lane)
+async def run_cascade(deps, plan, request: StrategyRequest, index: int, deadline, meter) -> StrategyResult:
+    """Both attempts in one result: ``extra["cascade"]`` lists them; ``extra["cost_usd"]`` prices each at its lane.
+
+    ``deps`` is the run's :class:`~ponder.runtime.RunDeps` (engines, the cascade settings, strategy requests).
+    """
+    spec = deps.cascade
+    fast_backend = await deps.engines.get_async(plan.lane)
     samples = await sampling.draw(request, fast_backend, spec.samples)
     if not samples:
         return stopped_result(request)
@@ -82,9 +85,9 @@ async def run_cascade(service, plan, request: StrategyRequest, index: int, deadl
         result.extra = {"cascade": attempts, "escalated": False, "cost_usd": fast_cost}
         return result
     esc = plan.escalation
-    esc_backend = await service.backend_async(esc.lane)
-    esc_request = replace(service.strategy_request(esc, request.cancel, seed_offset=index * 10007 if index else 0,
-                                                   deadline=deadline, meter=meter, sink=request.sink),
+    esc_backend = await deps.engines.get_async(esc.lane)
+    esc_request = replace(deps.strategy_request(esc, request.cancel, seed_offset=index * 10007 if index else 0,
+                                                deadline=deadline, meter=meter, sink=request.sink),
                           verifier=request.verifier, answer_kind=request.answer_kind)
     result = await get_strategy(esc.strategy).run(esc_request, esc_backend, esc.strategy_params)
     esc_cost = price(result.usage, esc.lane.prices)

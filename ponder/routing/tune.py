@@ -107,12 +107,12 @@ def lane_for_model(model: str, config: PonderConfig | None) -> str:
     """A lab model label -> the serving lane that runs it (its name when no config lane matches)."""
     if config is None:
         return model
-    from ponder.backends.models import model_label
+    from ponder.backends.registry import kind_of
 
     for lane in config.lanes:
         if lane.name == model:
             return lane.name
-        if lane.backend == "llama_cpp" and model_label(lane.model) == model:
+        if model in kind_of(lane).labels(lane):
             return lane.name
     return model
 

@@ -94,6 +94,8 @@ class StrategyRequest:
     pool: Any = field(default=None, compare=False)
     #: the request must be answered by then: strategies stop drawing and answer with what they have
     deadline: Deadline | None = None
+    #: once the deadline cuts the thinking, the answer still gets this long (``server.answer_grace_s``)
+    answer_grace_s: float = 2.0
     #: token events of running samples go here (None: nobody streams)
     sink: Sink | None = field(default=None, compare=False)
     meter: Meter = field(default_factory=Meter, compare=False)
@@ -106,6 +108,8 @@ class StrategyRequest:
     tool_choice: Any = field(default=None, compare=False)
     #: allocates globally unique sample indices for this request (shared by every round)
     counter: Any = field(default=None, compare=False)
+    #: the prompt prepared with the request (:class:`ponder.backends.base.Prompt`), reused by its samples
+    prompt: Any = field(default=None, compare=False)
 
     @property
     def question(self) -> str:
@@ -158,6 +162,23 @@ class StrategyInfo:
     needs_text: bool = False
     #: token events of its answer can stream live (one sample); others stream the chosen sample at the end
     streams_live: bool = False
+
+    def worst_case_samples(self, params: Any) -> int:
+        """Most samples one choice may draw with these parameters (quotas, shedding and the lab reserve this).
+
+        A strategy whose draws are not just its "how many" parameter (refine's
+        first answer, a search's branches) says so with a ``worst_case_samples()``
+        method on its parameters; nobody else special-cases it by name.
+        """
+        own = getattr(params, "worst_case_samples", None)
+        if own is not None:
+            return max(1, int(own()))
+        v = getattr(params, self.count_param, 1) if self.count_param else 1
+        return max(1, v) if isinstance(v, int) and not isinstance(v, bool) else 1
+
+    def worst_case_tokens(self, params: Any, thinking_tokens: int, answer_tokens: int) -> int:
+        """Tokens one choice may generate: every sample thinking to its cap and answering in full."""
+        return self.worst_case_samples(params) * (thinking_tokens + answer_tokens)
 
     def parameters(self) -> list[dict]:
         """Name, default, type, range and help of every parameter (for ``ponder strategies``)."""

@@ -80,6 +80,10 @@ class RefineParams:
     verifier: str | None = param(None, "optional: stop when this verifier's score stops improving",
                                  "|".join(VERIFIER_NAMES) + "|null")
 
+    def worst_case_samples(self) -> int:
+        """The first answer plus one revision per round."""
+        return self.rounds + 1
+
     def validate(self, max_samples: int | None = None) -> None:
         check_count("rounds", self.rounds, max_samples)
         check_verifier_name(self.verifier, allow_none=True)

@@ -42,8 +42,10 @@ class Counter:
 def spec_of(request: StrategyRequest, messages: tuple[Message, ...] | None = None) -> SampleSpec:
     return SampleSpec(
         messages=messages or request.messages, budget=request.budget, sampling=request.sampling,
-        loop_guard=request.loop_guard, cancel=request.cancel, deadline=request.deadline, tools=request.tools,
+        loop_guard=request.loop_guard, cancel=request.cancel, deadline=request.deadline,
+        answer_grace_s=request.answer_grace_s, tools=request.tools,
         response_format=request.response_format, client_tools=request.client_tools, tool_choice=request.tool_choice,
+        prompt=request.prompt if messages is None else None,
     )
 
 

@@ -157,6 +157,10 @@ class BeamParams:
     aggregation: str = param("last", "how a path's step scores combine", "|".join(AGGREGATIONS))
     delimiter: str = param("\n\n", "text that ends a step", "non-empty")
 
+    def worst_case_samples(self) -> int:
+        """Every kept path branches at each step."""
+        return self.width * self.branch
+
     def validate(self, max_samples: int | None = None) -> None:
         _validate_search("width", self.width, self.branch, self.max_steps, self.step_tokens, self.aggregation,
                          self.delimiter, max_samples)
@@ -215,6 +219,10 @@ class DVTSParams:
     step_tokens: int = param(64, "most tokens per step", "1-4096")
     aggregation: str = param("last", "how a path's step scores combine", "|".join(AGGREGATIONS))
     delimiter: str = param("\n\n", "text that ends a step", "non-empty")
+
+    def worst_case_samples(self) -> int:
+        """Every kept path branches at each step."""
+        return self.subtrees * self.branch
 
     def validate(self, max_samples: int | None = None) -> None:
         _validate_search("subtrees", self.subtrees, self.branch, self.max_steps, self.step_tokens, self.aggregation,

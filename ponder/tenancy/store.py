@@ -21,7 +21,6 @@ in Redis with Lua scripts (every replica shares it).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid

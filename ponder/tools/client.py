@@ -99,3 +99,11 @@ def openai_messages(messages: Sequence[Message]) -> list[dict]:
         else:
             out.append({"role": m.role, "content": m.content})
     return out
+
+
+def system_note(toolbox: Any, client_tools: Sequence[dict], tool_choice: Any) -> str | None:
+    """Everything a text engine's prompt says about tools: ponder's built-in ones and the client's functions."""
+    notes = [toolbox.prompt()] if toolbox is not None else []
+    if client_tools:
+        notes.append(tools_prompt(client_tools, tool_choice))
+    return "\n\n".join(notes) or None
