@@ -41,9 +41,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ponder.backends.base import SampleSpec  # noqa: E402
-from ponder.backends.engine import Done, SeqRequest, default_threads  # noqa: E402
+from ponder.backends.llama_runtime import default_threads  # noqa: E402
+from ponder.backends.sequences import Done, SeqRequest  # noqa: E402
 from ponder.backends.llama_cpp import LlamaCppBackend  # noqa: E402
-from ponder.thinking.machine import CompletionMachine  # noqa: E402
+from ponder.thinking.completion import CompletionMachine  # noqa: E402
 from ponder.types import Message, Sampling, ThinkingBudget  # noqa: E402
 
 STORY = [Message("user", "Write a long story about a robot who learns to paint. Use many details.")]

@@ -24,10 +24,11 @@ from pathlib import Path
 from ponder.errors import PonderError
 from ponder.lab.config import BenchConfig, build_bench_config
 from ponder.lab.runner import run_bench
-from ponder.routing import calibrate, classifier
+from ponder.lab.tuning import calibrate
+from ponder.routing import classifier
 from ponder.routing.classifier import ClassifierRouter
 from ponder.routing.heuristic import HeuristicRouter
-from ponder.routing.tune import (default_fast_strong, labeled_examples, load_runs, router_training_set, score_items,
+from ponder.lab.tuning.tune import (default_fast_strong, labeled_examples, load_runs, router_training_set, score_items,
                                  tune_items)
 
 

@@ -32,7 +32,7 @@ from types import SimpleNamespace
 from ponder.api.request import parse_body
 from ponder.config import config_from_dict
 from ponder.errors import Overloaded
-from ponder.policy import plan_request
+from ponder.planning import plan_request
 from ponder.service import Ponder
 from ponder.tenancy import Tenancy, hash_secret
 from ponder.tenancy.store import MemoryStore, RedisStore

@@ -32,7 +32,7 @@ from ponder.strategies.base import StrategyResult
 from ponder.types import Generation, ThinkingReport, Timings, Usage
 
 if TYPE_CHECKING:
-    from ponder.policy import Plan
+    from ponder.planning import Plan
 
 SCHEMA = 1
 

@@ -39,9 +39,9 @@ FLAG_FOR_PARAM = {
 
 #: subcommand -> "module:attribute", imported on use
 COMMANDS = {
-    "plan": "ponder.plan.cli:plan_cmd",
+    "plan": "ponder.capacity.cli:plan_cmd",
     "bench": "ponder.lab.cli:bench_cmd",
-    "tune": "ponder.routing.cli:tune_cmd",
+    "tune": "ponder.lab.tuning.cli:tune_cmd",
     "usage": "ponder.usage:usage_cmd",
     "keys": "ponder.tenancy.cli:keys_cmd",
     "distill": "ponder.distill:distill_cmd",

@@ -17,24 +17,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ponder.config_base import _Strict, _word
+from ponder.config_ops import AuthConfig, CacheConfig, KeyConfig, KeyLimits, LedgerConfig, StateConfig
 from ponder.errors import ConfigError
 from ponder.thinking.budget import DEFAULT_EFFORTS, DEFAULT_MAX_BUDGET, EffortTable
 from ponder.thinking.machine import LoopGuardSettings
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _word(v: Any) -> Any:
-    """YAML 1.1 turns off/on/no/yes into booleans: give the word back."""
-    if v is True:
-        return "on"
-    if v is False:
-        return "off"
-    return v
+__all__ = ["AuthConfig", "CacheConfig", "KeyConfig", "KeyLimits", "LaneConfig", "LedgerConfig", "PonderConfig",
+           "Prices", "ServerConfig", "SheddingConfig", "StateConfig", "ThinkingConfig", "ToolsConfig", "config_from_dict",
+           "load_config"]
 
 
 class Prices(_Strict):
@@ -76,6 +70,9 @@ class LaneConfig(_Strict):
     api_key_env: str | None = None
     #: force native-reasoning handling on/off (default: detect)
     native_reasoning: bool | None = None
+    #: how an upstream that returns thinking inline in ``content`` marks it (see ponder.thinking.formats):
+    #: ``think`` (<think> tags: R1, Qwen3) or ``harmony`` (gpt-oss channels, served without a reasoning parser)
+    reasoning_format: str = "think"
     #: extra body fields sent when thinking is off, e.g. for Qwen3 on vLLM:
     #: ``{"chat_template_kwargs": {"enable_thinking": false}}``
     no_think_body: dict = Field(default_factory=dict)
@@ -110,6 +107,15 @@ class LaneConfig(_Strict):
     @classmethod
     def _effort_word(cls, v: Any) -> Any:
         return "none" if v is False else _word(v)
+
+    @field_validator("reasoning_format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from ponder.thinking.formats import FORMATS
+
+        if v not in FORMATS:
+            raise ValueError(f"unknown reasoning format {v!r}; known: {', '.join(sorted(FORMATS))}")
+        return v
 
     @model_validator(mode="after")
     def _kind_settings(self) -> "LaneConfig":
@@ -224,95 +230,6 @@ class ServerConfig(_Strict):
     access_log: bool = True
     log_format: Literal["text", "json"] = "text"
     shedding: SheddingConfig = SheddingConfig()
-
-
-class KeyLimits(_Strict):
-    """What one API key may do.  Absent: no limit of that kind."""
-
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    thinking_tokens_per_day: int | None = Field(None, ge=1)
-    spend_usd_per_month: float | None = Field(None, gt=0)
-    max_concurrent: int | None = Field(None, ge=1)
-    max_thinking_tokens: int | None = Field(None, ge=0)
-    max_samples: int | None = Field(None, ge=1)
-    max_effort: str | None = None
-    lanes: list[str] | None = None
-    #: requests beyond the per-request limits are clamped (and told so) instead of refused
-    clamp: bool = False
-
-    @field_validator("max_effort", mode="before")
-    @classmethod
-    def _effort_word(cls, v: Any) -> Any:
-        return "none" if v is False else _word(v)
-
-
-class KeyConfig(_Strict):
-    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    key_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
-    limits: KeyLimits = KeyLimits()
-
-
-class AuthConfig(_Strict):
-    required: bool = False
-    keys: list[KeyConfig] = Field(default_factory=list)
-    #: limits of requests without a key when ``required`` is false
-    anonymous: KeyLimits = KeyLimits()
-
-    @model_validator(mode="after")
-    def _unique(self) -> "AuthConfig":
-        names = [k.name for k in self.keys]
-        if len(set(names)) != len(names):
-            raise ValueError("key names must be unique")
-        hashes = [k.key_sha256 for k in self.keys]
-        if len(set(hashes)) != len(hashes):
-            raise ValueError("two keys share one key_sha256")
-        if self.required and not self.keys:
-            raise ValueError("auth.required is true but no keys are configured")
-        return self
-
-
-class StateConfig(_Strict):
-    """Where quotas and reservations live: ``memory://`` (one process) or ``redis://host:port/db`` (shared)."""
-
-    url: str = "memory://"
-    #: a reservation left by a dead replica expires after this
-    lease_s: float = Field(120.0, gt=0)
-    #: when the state store is unreachable: refuse (false, the default) or admit without quotas
-    fail_open: bool = False
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not (v.startswith("memory://") or v.startswith("redis://") or v.startswith("rediss://")):
-            raise ValueError("state.url must be memory:// or redis://host:port/db")
-        return v
-
-
-class LedgerConfig(_Strict):
-    """One durable row per request: ``sqlite:///path`` (WAL), ``jsonl:///path``, or ``off``."""
-
-    url: str = "sqlite:///runs/ledger.db"
-    #: rows of running requests are updated at least this often (write-ahead accounting)
-    flush_interval_s: float = Field(1.0, gt=0, le=60)
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _off(cls, v: Any) -> Any:
-        v = _word(v)
-        if not isinstance(v, str) or not (v == "off" or v.startswith("sqlite:///") or v.startswith("jsonl:///")):
-            raise ValueError("ledger.url must be sqlite:///PATH, jsonl:///PATH or off")
-        return v
-
-
-class CacheConfig(_Strict):
-    """The answer cache: exact repeats of deterministic requests are answered from the state store."""
-
-    enabled: bool = False
-    ttl_s: float = Field(3600.0, gt=0)
-    max_entries: int = Field(10_000, ge=1)
-    #: also cache requests with temperature > 0 and no seed
-    nondeterministic: bool = False
 
 
 class PonderConfig(_Strict):

@@ -16,7 +16,7 @@ from ponder.strategies.base import StrategyResult
 from ponder.types import Timings, TokenLogprob, Usage
 
 if TYPE_CHECKING:
-    from ponder.policy import Plan
+    from ponder.planning import Plan
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from ponder.outcome import (
 from ponder.types import CancelToken, Deadline, Generation, Timings, Usage
 
 if TYPE_CHECKING:
-    from ponder.policy import Plan
+    from ponder.planning import Plan
     from ponder.runtime import RunDeps
 
 log = logging.getLogger("ponder.run")

@@ -2,7 +2,7 @@
 
 :class:`Ponder` owns the engines (:class:`~ponder.backends.pool.EnginePool`),
 prepares requests — :meth:`Ponder.prepare` plans through
-:mod:`ponder.policy`, builds the lane's engine and fits the request to its
+:mod:`ponder.planning`, builds the lane's engine and fits the request to its
 context, in one call that cannot be done out of order — and starts a
 :class:`~ponder.run.Run` per request, handing it what it needs
 (:class:`~ponder.runtime.RunDeps`).  It keeps no per-request state.
@@ -20,7 +20,7 @@ from ponder.backends.registry import build_backend, lane_has
 from ponder.config import LaneConfig, PonderConfig
 from ponder.errors import ConfigError, ContextOverflow, InvalidRequest, PonderError
 from ponder.ledger import Ledger, open_ledger
-from ponder.policy import Plan, _plan, is_auto, plan_request
+from ponder.planning import Plan, _plan, is_auto, plan_request
 from ponder.request import PonderRequest
 from ponder.routing import build_router
 from ponder.routing.policy import RoutingPolicy

@@ -203,8 +203,8 @@ def test_batch_of_one_reproduces_llama_generate_token_for_token():
 
     b = LlamaCppBackend(None, n_ctx=1024, flash_attn=False, cache_slots=0)
     try:
-        from ponder.backends.engine import Done, SeqRequest
-        from ponder.thinking.machine import CompletionMachine
+        from ponder.backends.sequences import Done, SeqRequest
+        from ponder.thinking.completion import CompletionMachine
 
         prompt = b.render_chat(Q)
         ids = b._prompt_ids(prompt)

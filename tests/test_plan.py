@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 
 from ponder.errors import InvalidRequest
-from ponder.plan.capacity import (Deployment, Workload, kv_bytes_per_token, max_concurrent_requests,
+from ponder.capacity.capacity import (Deployment, Workload, kv_bytes_per_token, max_concurrent_requests,
                                   naive_kv_bytes_per_token, plan, what_ifs)
-from ponder.plan.catalog import ModelArch, find_gpu, find_model
-from ponder.plan.hosted import compare, load_prices
+from ponder.capacity.catalog import ModelArch, find_gpu, find_model
+from ponder.capacity.hosted import compare, load_prices
 
 
 def test_llama_70b_gqa_kv_per_token():
@@ -158,7 +158,7 @@ def test_without_tp_the_smallest_that_fits_is_chosen_and_said():
     assert r.returncode == 0, r.stderr
     assert "TP=4 chosen" in r.stderr and "TP=4" in r.stdout
     assert "per request at full load" in r.stdout and "$/month (24/7" in r.stdout
-    from ponder.plan.capacity import Deployment, Workload, smallest_tp
+    from ponder.capacity.capacity import Deployment, Workload, smallest_tp
 
     tp, why = smallest_tp(find_model("Llama-3.1-70B"), Deployment(gpu=find_gpu("H100-80GB")), Workload())
     assert tp == 4

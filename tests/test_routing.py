@@ -15,13 +15,14 @@ from ponder.config import PonderConfig, SheddingConfig, config_from_dict
 from ponder.errors import ConfigError, Overloaded
 from ponder.lab.config import BenchConfig
 from ponder.lab.runner import run_bench
-from ponder.routing import build_router, calibrate
-from ponder.routing.calibrate import Labeled
+from ponder.lab.tuning import calibrate
+from ponder.routing import build_router
+from ponder.lab.tuning.calibrate import Labeled
 from ponder.routing.classifier import ClassifierRouter, train
 from ponder.routing.heuristic import HeuristicRouter
 from ponder.routing.llm import LLMRouter, parse_rating
 from ponder.routing.policy import Band, RoutingPolicy, load_policy
-from ponder.routing.tune import choose, load_runs, tune
+from ponder.lab.tuning.tune import choose, load_runs, tune
 from ponder.server.shedding import Shedder, degrade_budget, pressure_level
 from ponder.service import Ponder
 from ponder.thinking import prompts

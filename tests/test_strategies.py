@@ -188,7 +188,7 @@ def test_search_follows_the_prm(name, params):
 
 def test_search_needs_text_backend():
     b = ScriptedBackend(["x"], text_completion=False)
-    with pytest.raises(InvalidRequest, match="text-continuation"):
+    with pytest.raises(InvalidRequest, match="continues raw text"):
         run("beam", b)
 
 

@@ -39,8 +39,10 @@ class BackendInfo:
     model: str
     #: can continue raw text (exact thinking control, step-level search)
     text_completion: bool
-    #: the model's template thinks natively in ``<think>`` tags (R1, Qwen3)
+    #: the model's template thinks natively (R1, Qwen3, gpt-oss), in ``reasoning_format``
     native_reasoning: bool = False
+    #: how the model marks its thinking (a name in :mod:`ponder.thinking.formats`)
+    reasoning_format: str = "think"
     #: gives per-token log-probabilities
     logprobs: bool = False
     #: tokens one sequence may hold (0: unknown, a remote engine)

@@ -24,10 +24,13 @@ from ponder.backends.base import (
     SampleSpec,
     prompt_key,
 )
-from ponder.backends.engine import Admitted, Done, Engine, Failed, SeqRequest, ToolRequest
+from ponder.backends.engine import Engine
+from ponder.backends.sequences import Admitted, Done, Failed, SeqRequest, ToolRequest
 from ponder.backends.models import model_label, resolve_model
 from ponder.thinking import control
-from ponder.thinking.machine import CompletionMachine, Event
+from ponder.thinking.formats import get_format
+from ponder.thinking.completion import CompletionMachine
+from ponder.thinking.machine import Event
 from ponder.types import CancelToken, Generation, Message, Sampling, ThinkingBudget, Usage
 
 
@@ -59,7 +62,7 @@ class LlamaCppBackend(Backend):
             name=name,
             model=model_label(model),
             text_completion=True,
-            native_reasoning="<think>" in template,
+            native_reasoning=get_format("think").detect(template),
             logprobs=True,
             context_length=n_ctx,
             max_sequences=max_sequences,

@@ -41,10 +41,9 @@ from ponder.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from ponder.thinking import control
-from ponder.thinking.control import ChatPiece, StreamStats
+from ponder.backends.chat import ChatEngine, ChatPiece, StreamStats, chat_sample
 from ponder.thinking.machine import Event
-from ponder.thinking.split import ThinkSplitter
+from ponder.thinking.formats import get_format
 from ponder.tools.client import openai_messages
 from ponder.types import Generation, Message, TokenLogprob
 
@@ -66,8 +65,8 @@ def approx_tokens(text: str) -> int:
 class DeltaParser:
     """Turns the ``delta`` objects of a stream into thinking/answer pieces."""
 
-    def __init__(self) -> None:
-        self._splitter = ThinkSplitter()
+    def __init__(self, reasoning_format: str = "think") -> None:
+        self._splitter = get_format(reasoning_format).splitter()
         self.saw_reasoning_field = False
         #: deltas held back whole (a tag may be forming): their tokens ride on the next piece
         self._owed = 0
@@ -127,17 +126,15 @@ class DeltaParser:
         return out
 
 
-def parse_message(message: dict[str, Any]) -> tuple[str, str]:
+def parse_message(message: dict[str, Any], reasoning_format: str = "think") -> tuple[str, str]:
     """``(thinking, answer)`` of a non-streamed ``choices[i].message``."""
-    from ponder.thinking.split import split_thinking
-
     for name in REASONING_FIELDS:
         if message.get(name):
             return message[name], (message.get("content") or "").strip()
-    return split_thinking(message.get("content") or "")
+    return get_format(reasoning_format).split(message.get("content") or "")
 
 
-class OpenAICompatBackend(Backend, control.ChatEngine):
+class OpenAICompatBackend(Backend, ChatEngine):
     def __init__(
         self,
         base_url: str,
@@ -150,12 +147,14 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
         max_connections: int = 64,
         no_think_body: dict | None = None,
         response_format: bool = True,
+        reasoning_format: str = "think",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = name
         self.info = BackendInfo(name=name, model=model, text_completion=False, native_reasoning=native_reasoning,
-                                logprobs=True, response_format=response_format)
+                                logprobs=True, response_format=response_format,
+                                reasoning_format=get_format(reasoning_format).name)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout_s = timeout_s
         self._max_idle = max_connections
@@ -169,7 +168,7 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
             lane.base_url, lane.upstream_model or lane.model or "default", api_key=key, name=lane.name,
             native_reasoning=True if lane.native_reasoning is None else lane.native_reasoning,
             timeout_s=lane.timeout_s, max_connections=lane.max_connections,
-            no_think_body=dict(lane.no_think_body),
+            no_think_body=dict(lane.no_think_body), reasoning_format=lane.reasoning_format,
         )
 
     def _pool(self) -> HttpPool:
@@ -214,7 +213,7 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
         return body
 
     async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:
-        return await control.chat_sample(self, spec, on_event=on_event)
+        return await chat_sample(self, spec, on_event=on_event)
 
     async def stream_chat(self, messages, *, max_tokens: int, spec: SampleSpec, thinking: bool, stats: StreamStats,
                           on_piece: Callable[[ChatPiece], bool]) -> None:
@@ -252,7 +251,7 @@ class OpenAICompatBackend(Backend, control.ChatEngine):
             fired.append(True)  # a late callback must not cancel whatever this task does next
 
     async def _stream(self, body: dict, stats: StreamStats, on_piece: Callable[[ChatPiece], bool]) -> None:
-        parser = DeltaParser()
+        parser = DeltaParser(self.info.reasoning_format)
         try:
             resp = await self._pool().post_json("/chat/completions", body)
             async with resp:

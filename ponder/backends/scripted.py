@@ -17,9 +17,11 @@ from typing import Callable, Sequence
 
 from ponder.backends.base import Backend, BackendInfo, Completion, Prompt, SampleSpec, prompt_key
 from ponder.thinking import control
-from ponder.thinking.control import ChatPiece, Clock, StreamStats
-from ponder.thinking.machine import CompletionMachine, Event
-from ponder.thinking.split import ThinkSplitter
+from ponder.backends.chat import ChatEngine, ChatPiece, StreamStats, chat_sample
+from ponder.thinking.control import Clock
+from ponder.thinking.completion import CompletionMachine
+from ponder.thinking.machine import Event
+from ponder.thinking.formats import get_format
 from ponder.types import CancelToken, Deadline, Generation, Message, Sampling, Usage
 
 _UNIT = re.compile(r"\s*\S+|\s+")
@@ -32,7 +34,7 @@ def units(text: str) -> list[str]:
     return _UNIT.findall(text)
 
 
-class ScriptedBackend(Backend, control.ChatEngine):
+class ScriptedBackend(Backend, ChatEngine):
     """Replays ``responses`` in order (the last one repeats), or calls ``responder``."""
 
     def __init__(
@@ -89,7 +91,7 @@ class ScriptedBackend(Backend, control.ChatEngine):
                 on_event(e)
 
         if not self.info.text_completion:
-            return await control.chat_sample(self, spec, on_event=on_event, clock=clock)
+            return await chat_sample(self, spec, on_event=on_event, clock=clock)
         prompt = control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking)
         m = control.new_machine(spec, cue_tokens=self.count_tokens, on_event=emit)
         usage = Usage(prompt_tokens=self.count_tokens(prompt))
@@ -149,7 +151,7 @@ class ScriptedBackend(Backend, control.ChatEngine):
         prompt = self.render_chat(messages)
         stats.prompt_tokens = self.count_tokens(prompt)
         text = self._next(prompt)
-        splitter = ThinkSplitter()
+        splitter = get_format(self.info.reasoning_format).splitter()
         n = n_thinking = 0
         stats.finish_reason = "stop"
         stats.reported = True

@@ -14,7 +14,7 @@ from ponder.errors import ConfigError
 class BenchGroup(click.Group):
     """``ponder bench`` and its subcommands; ``routers`` lives with the routing code and is mounted on use."""
 
-    LAZY = {"routers": "ponder.routing.cli:routers_cmd"}
+    LAZY = {"routers": "ponder.lab.tuning.cli:routers_cmd"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.LAZY])

@@ -1,6 +1,6 @@
 """Run a lab grid: every (model, budget, strategy, N) on every item, in-process.
 
-Each configuration is planned by :func:`ponder.policy.plan_request` from an
+Each configuration is planned by :func:`ponder.planning.plan_request` from an
 ordinary chat-completion request and run by the same strategy object the
 gateway serves; the lab only adds the item's scorer (as the strategy's
 programmatic verifier), the answer kind and a :class:`SamplePool` so
@@ -27,14 +27,15 @@ from typing import Callable
 
 from ponder import __version__
 from ponder.backends.base import Backend
-from ponder.backends.models import model_label, resolve_model
-from ponder.config import LaneConfig, PonderConfig, load_config
+from ponder.config import LaneConfig, PonderConfig
 from ponder.errors import ConfigError, PonderError
 from ponder.lab.config import BenchConfig, Point, is_pooled
+from ponder.lab.inputs import build_config, load_items, model_manifest  # noqa: F401  (re-exported)
 from ponder.lab.pool import SamplePool
-from ponder.lab.tasks import Item, JsonlSpec, load_jsonl, load_task, sha256_text
+from ponder.lab.progress import Tracker, plan_line, planned_generations, progress_bar
+from ponder.lab.tasks import Item, sha256_text
 from ponder.service import Ponder
-from ponder.policy import plan_request
+from ponder.planning import plan_request
 from ponder.request import PonderRequest
 from ponder.thinking.extract import extract_answer
 from ponder.types import CancelToken, Generation, Message
@@ -57,66 +58,13 @@ class RunState:
     generations: int = 0
     from_thinking: int = 0
 
-
-# ---------------------------------------------------------------------------
-# items and lanes
-# ---------------------------------------------------------------------------
-
-
-def load_items(cfg: BenchConfig, warn: Callable[[str], None]) -> list[Item]:
-    items: list[Item] = []
-    for spec in cfg.tasks:
-        items += load_task(spec, limit=cfg.limit, seed=cfg.seed, answer_kind=cfg.answer_kind)
-    if cfg.data:
-        items += load_jsonl(
-            JsonlSpec(cfg.data, cfg.question_field, cfg.answer_field, cfg.id_field, cfg.difficulty_field, cfg.scorer,
-                      cfg.on_bad_line),
-            limit=cfg.limit, answer_kind=cfg.answer_kind, warn=warn)
-    seen: set[str] = set()
-    for it in items:
-        if it.id in seen:
-            raise ConfigError(f"item id {it.id!r} appears twice; ids must be unique", param="--data")
-        seen.add(it.id)
-    return items
-
-
-def build_config(cfg: BenchConfig, *, check_models: bool = True) -> PonderConfig:
-    """The serving config the lab plans with: the YAML's lanes, or one lane per ``--models`` entry (no ledger)."""
-    from ponder.config import LedgerConfig
-
-    return _lanes_config(cfg, check_models=check_models).model_copy(update={"ledger": LedgerConfig(url="off")})
-
-
-def _lanes_config(cfg: BenchConfig, *, check_models: bool = True) -> PonderConfig:
-    if cfg.config_path:
-        base = load_config(cfg.config_path)
-        if not cfg.models:
-            return base
-        names = {lane.name: lane for lane in base.lanes}
-        missing = [m for m in cfg.models if m not in names]
-        if missing:
-            raise ConfigError(f"--models {', '.join(missing)}: not a lane of {cfg.config_path} "
-                              f"(lanes: {', '.join(names)})", param="--models")
-        return base.model_copy(update={"lanes": [names[m] for m in cfg.models]})
-    models = cfg.models or [None]
-    lanes = []
-    for m in models:
-        if check_models:
-            try:
-                resolve_model(m)
-            except PonderError as exc:
-                raise ConfigError(f"--models {m}: {exc.message}", param="--models") from None
-        lanes.append(LaneConfig(name=model_label(m) if check_models else str(m), model=m, n_ctx=4096))
-    if len({lane.name for lane in lanes}) != len(lanes):
-        raise ConfigError("--models lists the same model twice", param="--models")
-    return PonderConfig(lanes=lanes)
-
-
-def model_manifest(config: PonderConfig) -> dict[str, dict]:
-    """Name, file and sha256 of each lane's model (upstreams: their URL and model name)."""
-    from ponder.backends.registry import kind_of
-
-    return {lane.name: kind_of(lane).provenance(lane) for lane in config.lanes}
+    def record(self, config_key: str, item_id: str, line: dict) -> None:
+        """One finished (configuration, item): logged, counted."""
+        self.done.add((config_key, item_id))
+        self.lines += 1
+        self.correct += bool(line.get("correct"))
+        self.errors += line.get("error") is not None
+        self.engine_s += line.get("engine_s") or 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -331,69 +279,27 @@ def run_bench(cfg: BenchConfig, out: Path, *, resume: bool = False, progress: bo
             ponder.ledger.close()
 
 
-def planned_generations(cfg: BenchConfig, points: list[Point]) -> int:
-    """Samples one (model, item) unit draws: one pool of the largest N per (budget, tools), plus the unpooled
-    strategies."""
-    total = 0
-    by_budget: dict[tuple[str, str], list[Point]] = {}
-    for p in points:
-        by_budget.setdefault((p.budget, p.tools), []).append(p)
-    for pts in by_budget.values():
-        pooled_n = [p.n for p in pts if is_pooled(p.strategy)]
-        total += max(pooled_n) if pooled_n else 0
-        # online early stopping draws its later traces fresh (they may be cut short, so they are not pooled)
-        total += sum(p.n for p in pts if p.strategy == "deepconf-online")
-        total += sum(p.n if p.strategy in ("verify-retry", "beam", "dvts", "mcts") else p.n + 1
-                     for p in pts if not is_pooled(p.strategy))
-    return total
-
-
 async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderConfig, items: list[Item],
                    points: dict[str, list[Point]], state: RunState, manifest: dict, progress: bool,
                    announce: Callable[[str], None], close: bool) -> RunOutcome:
     seeds = {it.id: cfg.seed * 100_003 + i for i, it in enumerate(items)}
     units = [(lane, it) for lane in config.lanes for it in items
              if any((p.key, it.id) not in state.done for p in points[lane.name])]
-    total_cfgs = sum(len(points[lane.name]) for lane in config.lanes) * len(items)
-    todo_gens = sum(planned_generations(cfg, [p for p in points[lane.name] if (p.key, it.id) not in state.done])
-                    for lane, it in units)
-    cap = max((b for b in (cfg.budgets or [])), default=0) + cfg.answer_tokens
-    announce(f"planned: {total_cfgs} configuration results ({len(items)} items x "
-             f"{sum(len(v) for v in points.values())} configurations), about {todo_gens} generations of up to "
-             f"{cap} tokens each still to run" + (f" ({len(state.done)} already logged)" if state.done else "")
-             + (f"; that is up to {todo_gens * cap:,} generated tokens: a long run (--limit makes it smaller)"
-                if todo_gens * cap > 500_000 else ""))
-    bar = _progress(todo_gens, progress)
+    todo = sum(planned_generations(cfg, [p for p in points[lane.name] if (p.key, it.id) not in state.done])
+               for lane, it in units)
+    announce(plan_line(cfg, len(items), sum(len(v) for v in points.values()), todo, len(state.done)))
+    bar = progress_bar(todo, progress)
     t_start = time.perf_counter()
-    interrupted = False
     log = (out / SAMPLES).open("a", encoding="utf-8")
     cancel = CancelToken()
     sem = asyncio.Semaphore(cfg.concurrency)
-
-    probe_at = max(1, min(16, todo_gens // 10))
-    t_gen0 = time.perf_counter()
-
-    def on_generation(g: Generation) -> None:
-        state.generations += 1
-        if state.generations == probe_at and todo_gens > probe_at:
-            # the estimate the plan line could not give: measured on this machine, this model, these budgets
-            per = (time.perf_counter() - t_gen0) / probe_at
-            rest = per * (todo_gens - probe_at)
-            announce(f"estimate: about {_duration(rest)} more ({per:.2f} s per generation over the first "
-                     f"{probe_at}); Ctrl-C stops within seconds and --resume continues")
-        state.tokens += g.usage.thinking_tokens + g.usage.answer_tokens
-        state.from_thinking += g.answer_source == "thinking"
-        bar.update(1)
-        bar.set_postfix_str(f"tokens {state.tokens}, acc {state.correct / max(1, state.lines):.2f} (all configs)"
-                            + (f", {state.errors} errors" if state.errors else ""), refresh=False)
-
-    sink = _Progress(on_generation)
+    sink = _Progress(Tracker(state, todo, bar, announce).on_generation)
 
     async def unit(lane: LaneConfig, item: Item) -> None:
         async with sem:
             backend = await ponder.backend_async(lane)
             memo: dict = {}
-            pools: dict[str, SamplePool] = {}
+            pools: dict[tuple[str, str], SamplePool] = {}
             for point in points[lane.name]:
                 if (point.key, item.id) in state.done:
                     continue
@@ -402,29 +308,12 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
                                        cancel=cancel, sink=sink)
                 log.write(json.dumps(line) + "\n")
                 log.flush()
-                state.done.add((point.key, item.id))
-                state.lines += 1
-                state.correct += bool(line.get("correct"))
-                state.errors += line.get("error") is not None
-                state.engine_s += line.get("engine_s") or 0.0
+                state.record(point.key, item.id, line)
 
     tasks = [asyncio.ensure_future(unit(lane, it)) for lane, it in units]
     try:
-        await asyncio.gather(*tasks)
-    except asyncio.CancelledError:
-        interrupted = True
-    except BaseException:
-        cancel.cancel()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+        interrupted = await _gather_until_interrupted(tasks, cancel)
     finally:
-        if interrupted:
-            cancel.cancel()
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         log.close()
         bar.close()
         if close:
@@ -438,12 +327,19 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
                       new_lines=state.lines)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+async def _gather_until_interrupted(tasks: list[asyncio.Future], cancel: CancelToken) -> bool:
+    """Run the units; True when Ctrl-C interrupted them (every unit is stopped and awaited either way)."""
+    try:
+        await asyncio.gather(*tasks)
+        return False
+    except BaseException as exc:
+        cancel.cancel()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if isinstance(exc, asyncio.CancelledError):
+            return True
+        raise
 
 
 def _preflight(ponder: Ponder, cfg: BenchConfig, points: dict[str, list[Point]], item: Item) -> None:
@@ -456,10 +352,3 @@ def _preflight(ponder: Ponder, cfg: BenchConfig, points: dict[str, list[Point]],
                 flag = {"max_thinking_tokens": "--budgets", "reasoning_effort": "--efforts"}.get(exc.param or "",
                                                                                                   "--param")
                 raise ConfigError(f"configuration {p.key}: {exc.message}", param=flag) from None
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="gen", desc="bench", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, smoothing=0.1)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ponder.errors import Overloaded
-from ponder.policy import Plan
+from ponder.planning import Plan
 from ponder.server.shedding import Shedder
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from ponder.config import SheddingConfig
 from ponder.errors import Overloaded
-from ponder.policy import Plan
+from ponder.planning import Plan
 from ponder.thinking.budget import EFFORT_ORDER, EffortTable
 from ponder.types import ThinkingBudget
 

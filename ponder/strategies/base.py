@@ -162,6 +162,8 @@ class StrategyInfo:
     needs_text: bool = False
     #: token events of its answer can stream live (one sample); others stream the chosen sample at the end
     streams_live: bool = False
+    #: only its first draws can come from the lab's pool; later ones are drawn fresh (they may be cut short)
+    fresh_after_warmup: bool = False
 
     def worst_case_samples(self, params: Any) -> int:
         """Most samples one choice may draw with these parameters (quotas, shedding and the lab reserve this).
@@ -201,13 +203,15 @@ REGISTRY: dict[str, Any] = {}
 
 
 def register(name: str, description: str, *, count_param: str | None = None, pooled: bool = False,
-             needs_text: bool = False, streams_live: bool = False) -> Callable[[type], type]:
+             needs_text: bool = False, streams_live: bool = False,
+             fresh_after_warmup: bool = False) -> Callable[[type], type]:
     """Class decorator: add a strategy (and its metadata) to :data:`REGISTRY`."""
 
     def deco(cls: type) -> type:
         if name in REGISTRY:
             raise ValueError(f"strategy {name!r} registered twice")
-        cls.info = StrategyInfo(name, description, cls.Params, count_param, pooled, needs_text, streams_live)
+        cls.info = StrategyInfo(name, description, cls.Params, count_param, pooled, needs_text, streams_live,
+                                fresh_after_warmup)
         cls.name = name
         REGISTRY[name] = cls()
         return cls

@@ -210,7 +210,7 @@ class OnlineParams:
 
 @register("deepconf-online", "warm-up traces set a confidence threshold; later traces stop mid-generation when "
           "their window confidence falls below it; sampling stops when the weighted vote is settled",
-          count_param="n_max", pooled=True)
+          count_param="n_max", pooled=True, fresh_after_warmup=True)
 class DeepConfOnline:
     Params = OnlineParams
 

@@ -16,12 +16,13 @@ import math
 import asyncio
 from dataclasses import dataclass, field
 
-from ponder.backends.base import Backend
+from ponder.backends.base import Backend, prompt_key
 from ponder.errors import InvalidRequest
 from ponder.strategies.base import Sample, StrategyRequest, StrategyResult, param, register
 from ponder.strategies.resolve import check_count, prm_for
 from ponder.thinking import control, prompts
 from ponder.thinking.extract import extract_answer
+from ponder.thinking.formats import get_format
 from ponder.types import Generation, ThinkingReport, Timings, Usage
 
 AGGREGATIONS = ("last", "min", "prod")
@@ -58,14 +59,20 @@ class StepEnv:
 
     def __init__(self, request: StrategyRequest, backend: Backend, delimiter: str, step_tokens: int) -> None:
         if not backend.info.text_completion:
-            raise InvalidRequest("step-level search needs a text-continuation backend (the embedded engine)",
+            raise InvalidRequest("step-level search needs an engine that continues raw text (text_completion)",
                                  param="ponder.strategy")
         if not request.budget.enabled:
             raise InvalidRequest("step-level search needs a thinking budget > 0", param="max_thinking_tokens")
         self.request, self.backend = request, backend
         self.delimiter, self.step_tokens = delimiter, step_tokens
-        self.prompt = control.raw_prompt(backend, request.messages, request.budget)
-        self.prompt_tokens = backend.count_tokens(self.prompt)
+        self.close = get_format(backend.info.reasoning_format).close
+        prepared = request.prompt
+        if prepared is not None and prepared.text is not None and \
+                prepared.key == prompt_key(request.messages, request.budget, None):
+            self.prompt, self.prompt_tokens = prepared.text, prepared.n_tokens  # rendered once, with the request
+        else:
+            self.prompt = control.raw_prompt(backend, request.messages, request.budget)
+            self.prompt_tokens = backend.count_tokens(self.prompt)
         self.prm = prm_for(request, backend)
         self.usage = Usage()
         self.generated = 0
@@ -90,7 +97,7 @@ class StepEnv:
             self.calls += 1
         comps = await asyncio.gather(*(self.backend.complete(
             self.prompt + self.text(path), max_tokens=min(self.step_tokens, left),
-            sampling=self.request.sampling.with_seed(seed), stop=(self.delimiter, "</think>"),
+            sampling=self.request.sampling.with_seed(seed), stop=(self.delimiter, self.close),
             cancel=self.request.cancel) for seed in seeds))
         steps = []
         for c in comps:
@@ -100,7 +107,7 @@ class StepEnv:
             self.generated += c.completion_tokens
             self.usage.thinking_tokens += c.completion_tokens
             self.request.meter.add(Usage(thinking_tokens=c.completion_tokens))
-            done = c.stopped_by == "</think>" or (c.stopped_by is None and c.finish_reason != "length")
+            done = c.stopped_by == self.close or (c.stopped_by is None and c.finish_reason != "length")
             done = done or path.tokens + c.completion_tokens >= self.cap
             steps.append((c.text if c.text.strip() else "(empty step)", c.completion_tokens, done))
         scored = await asyncio.gather(*(self.prm.score_steps(self.request.question, path.steps + [st])

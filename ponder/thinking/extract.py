@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import re
 
-_TAGS = re.compile(r"</?think>|</?answer>|<\|[^|>]{1,40}\|>|<｜[^｜]{1,40}｜>")
+from ponder.thinking.formats import FORMATS
+
+_TAGS = re.compile("|".join(re.escape(t) for f in FORMATS.values() for t in (f.open, f.close))
+                   + r"|</?answer>|<\|[^|>]{1,40}\|>|<｜[^｜]{1,40}｜>")
 _ENUM = re.compile(r"(?m)^\s*(?:\d{1,2}[.)]|[-*•])\s+")
 _NUMBER = re.compile(r"(?<![\w.])[-−]?\$?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d,])|(?<![\w.])[-−]?\$?\d+(?:\.\d+)?(?:/\d+)?"
                      r"|(?<![\w.])[-−]?\.\d+")

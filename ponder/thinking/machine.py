@@ -25,14 +25,26 @@ The machine never touches an engine: it is plain logic, tested on its own.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
-from typing import Callable, Literal, Union
+
+from typing import Callable, Literal
 
 from ponder.thinking import prompts
+from ponder.thinking.formats import get_format
 from ponder.thinking.extract import answer_like, explicit_answer, has_explicit_result, last_stated_result
-from ponder.thinking.loop_guard import LoopGuard, text_units
+from ponder.thinking.decisions import (  # noqa: F401  (re-exported: what drivers import from here)
+    CONTINUE,
+    STOP,
+    AnswerDelta,
+    Decision,
+    Event,
+    LoopGuardSettings,
+    Monitor,
+    ThinkingDelta,
+    earliest as _earliest,
+)
+from ponder.thinking.formats import partial_suffix as _partial
+from ponder.thinking.loop_guard import text_units
+from ponder.thinking.tool_calls import _FENCE_CALL, _FENCE_OPEN, TOOL_CLOSE, TOOL_OPEN, ToolCalls
 from ponder.types import (
     AnswerSource,
     FinishReason,
@@ -42,71 +54,12 @@ from ponder.types import (
     TokenLogprob,
 )
 
-OPEN = "<think>"
-CLOSE = "</think>"
+#: the machine drives think-tag thinking (the text engines are prompted, or trained, to write it)
+OPEN, CLOSE = get_format("think").open, get_format("think").close
 #: template text that means "the turn is over" when a model writes it as text
 END_MARKERS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|end|>",
                "<｜end▁of▁sentence｜>", "</s>")
-TOOL_OPEN = "<tool_call>"
-TOOL_CLOSE = "</tool_call>"
-#: a fenced python block (``` python / ```py), complete: its closing fence ends a line
-_FENCE_CALL = re.compile(r"```[ \t]*(?:python|py)[ \t]*\n(.*?)\n[ \t]*```", re.S)
-_FENCE_OPEN = re.compile(r"```[ \t]*(?:python|py)[ \t]*(?:\n|$)")
-
-
-@dataclass(frozen=True)
-class LoopGuardSettings:
-    enabled: bool = True
-    max_period: int = 64
-    repeats: int = 3
-    min_span: int = 24
-
-    def make(self) -> LoopGuard:
-        return LoopGuard(self.max_period, self.repeats, self.min_span, self.enabled)
-
-
-# -- events a driver forwards to whoever streams the sample -----------------------
-
-
-@dataclass(frozen=True)
-class ThinkingDelta:
-    text: str
-    #: thinking tokens used so far (including this delta)
-    used: int
-
-
-@dataclass(frozen=True)
-class AnswerDelta:
-    text: str
-    logprobs: tuple[TokenLogprob, ...] = ()
-
-
-Event = Union[ThinkingDelta, AnswerDelta]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the driver must do after a token.
-
-    ``continue``: sample the next token.  ``rewrite``: the sequence's text
-    becomes ``text[:keep] + append`` (roll back, prefill ``append``), then
-    continue.  ``cut``: (chat drivers) stop reading the stream now; thinking is
-    over.  ``tool``: run the tool call in ``payload``, then hand its result
-    to :meth:`ThinkingMachine.tool_result`.  ``stop``: the sample is done.
-    """
-
-    kind: Literal["continue", "rewrite", "cut", "tool", "stop"]
-    keep: int = 0
-    append: str = ""
-    payload: str = ""
-
-
-CONTINUE = Decision("continue")
-STOP = Decision("stop")
-Monitor = Callable[[TokenLogprob], bool]
-
-
-class ThinkingMachine:
+class ThinkingMachine(ToolCalls):
     """One sequence's thinking budget, loop guard and answer phase."""
 
     def __init__(
@@ -263,44 +216,6 @@ class ThinkingMachine:
     def _rewrite(self, keep: int, append: str) -> Decision:
         self.text = self.text[:keep] + append
         return Decision("rewrite", keep, append)
-
-    # ------------------------------------------------------------------ tools
-    def _tool_call(self, end: int, end_in_pending: int) -> Decision:
-        block = self._pending[:end_in_pending]
-        start = block.find(TOOL_OPEN)
-        self._emit_thinking(block)
-        self._pending = ""
-        payload = block[start + len(TOOL_OPEN): len(block) - len(TOOL_CLOSE)] if start >= 0 else ""
-        self._tool_at = end
-        return Decision("tool", keep=end, payload=payload.strip())
-
-    def _fenced_call(self, base: int, m: "re.Match") -> Decision:
-        """A complete ```python block: run it as the python tool, its output follows the block."""
-        block = self._pending[: m.end()]
-        self._emit_thinking(block)
-        self._pending = ""
-        self._tool_at = base + m.end()
-        return Decision("tool", keep=base + m.end(), payload=json.dumps({"name": "python",
-                                                                        "arguments": {"code": m.group(1)}}))
-
-    def tool_result(self, text: str, *, answer_now: bool = False) -> Decision:
-        """Append a tool's result to the thinking; the model reads it and thinks on.
-
-        The result's tokens are input the model reads, not thinking it wrote:
-        the driver counts them as ``tool_tokens``.  ``answer_now``: a tool
-        limit is reached, so thinking ends here and the answer phase begins.
-        """
-        keep = self._tool_at if self._tool_at is not None else len(self.text)
-        self._tool_at = None
-        block = f"\n<tool_response>\n{text}\n</tool_response>\n"
-        self._emit_thinking(block, guard=False)
-        if answer_now and self.phase == "thinking":
-            self.text = self.text[:keep] + block
-            return self._cut("tools", len(self.text))
-        if self.used >= self.budget.max_tokens:
-            self.text = self.text[:keep] + block
-            return self._cut("budget", len(self.text))
-        return self._rewrite(keep, block)
 
     # ------------------------------------------------------------------ chat mode
     def feed_piece(self, kind: str, text: str, tokens: int = 1, logprob: TokenLogprob | None = None) -> Decision:
@@ -480,80 +395,3 @@ class ThinkingMachine:
 
     def thinking_tokens(self) -> int:
         return min(self.used, self.budget.max_tokens) if self.budget.enabled else 0
-
-
-def _earliest(text: str, markers) -> tuple[int, str] | None:
-    best: tuple[int, str] | None = None
-    for m in markers:
-        if not m:
-            continue
-        i = text.find(m)
-        if i >= 0 and (best is None or i < best[0] or (i == best[0] and len(m) > len(best[1]))):
-            best = (i, m)
-    return best
-
-
-def _partial(text: str, tag: str) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
-
-
-class CompletionMachine:
-    """A raw continuation with stop strings and a token limit (step-level search, no thinking rules)."""
-
-    phase = "answer"
-
-    def __init__(self, max_tokens: int, stop=(), on_event: Callable[[Event], None] | None = None) -> None:
-        self.max_tokens = max_tokens
-        self.stops = tuple(s for s in stop if s)
-        self.on_event = on_event or (lambda e: None)
-        self.text = ""
-        self.out = ""
-        self.generated = 0
-        self.stopped_by: str | None = None
-        self.finish: str | None = None
-        self.logprobs: list[TokenLogprob] = []
-        self._pending = ""
-
-    def feed(self, text: str, tokens: int = 1, logprob: TokenLogprob | None = None) -> Decision:
-        if self.finish is not None:
-            return STOP
-        self.generated += tokens
-        self.text += text
-        if logprob is not None:
-            self.logprobs.append(logprob)
-        self._pending += text
-        hit = _earliest(self._pending, self.stops)
-        if hit is not None:
-            i, marker = hit
-            self._out(self._pending[:i])
-            self._pending = ""
-            self.stopped_by = marker
-            self.finish = "stop"
-            return STOP
-        hold = max((_partial(self._pending, s) for s in self.stops), default=0)
-        self._out(self._pending[: len(self._pending) - hold])
-        self._pending = self._pending[len(self._pending) - hold:]
-        if self.generated >= self.max_tokens:
-            return self._end("length")
-        return CONTINUE
-
-    def _out(self, text: str) -> None:
-        if text:
-            self.out += text
-            self.on_event(AnswerDelta(text))
-
-    def _end(self, reason: str) -> Decision:
-        self._out(self._pending)
-        self._pending = ""
-        self.finish = reason
-        return STOP
-
-    def end_of_turn(self) -> Decision:
-        return self._end("stop")
-
-    def interrupt(self, reason: str) -> Decision:
-        return self._end("cancelled" if reason == "cancelled" else "length")

@@ -5,12 +5,15 @@ Kept in one place so they can be tuned (and read) together.
 
 from __future__ import annotations
 
+from ponder.thinking.formats import get_format
 from ponder.types import Message
+
+_THINK = get_format("think")
 
 #: Asks a model that was not trained to reason to think inside tags first.
 THINK_INSTRUCTION = (
-    "Think step by step inside <think> and </think> before you answer. "
-    "After </think>, write only the final answer."
+    f"Think step by step inside {_THINK.open} and {_THINK.close} before you answer. "
+    f"After {_THINK.close}, write only the final answer."
 )
 
 #: Appended when the model tries to stop thinking before the minimum (s1's
@@ -18,7 +21,7 @@ THINK_INSTRUCTION = (
 CONTINUE_CUE = "\nWait,"
 
 #: Closes the thinking block when the cap cuts it.
-CLOSE_THINKING = "\n</think>\n\n"
+CLOSE_THINKING = _THINK.close_text
 
 #: Written after a cut think, so the model goes straight to the answer.
 ANSWER_CUE = "Final answer:"

@@ -39,7 +39,7 @@ def tune_cmd(run_dirs, latency_slo, min_accuracy, router, bands, train_path, fas
     """
     from ponder.config import load_config
     from ponder.routing import classifier
-    from ponder.routing.tune import default_fast_strong, load_runs, router_training_set, tune_items
+    from ponder.lab.tuning.tune import default_fast_strong, load_runs, router_training_set, tune_items
 
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise ConfigError("--min-accuracy is a share in [0, 1]", param="--min-accuracy")
@@ -89,9 +89,10 @@ def routers_cmd(run_dirs, fast_key, strong_key, names, models, limit, out_dir) -
     Without RUN_DIR, runs the `mixed` suite (easy and hard arithmetic; no
     thinking vs a thinking budget) into OUT/run first.
     """
-    from ponder.routing import build_router, evaluate
+    from ponder.lab.tuning import evaluate
+    from ponder.routing import build_router
     from ponder.routing.policy import Band, RoutingPolicy
-    from ponder.routing.tune import default_fast_strong, load_runs
+    from ponder.lab.tuning.tune import default_fast_strong, load_runs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ponder.routing import calibrate
-from ponder.routing.tune import RunItem, labeled_examples, score_items
+from ponder.lab.tuning import calibrate
+from ponder.lab.tuning.tune import RunItem, labeled_examples, score_items
 
 TARGETS = (0.5, 0.8, 0.95)
 

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from ponder.plan.capacity import Deployment, PlanReport, Workload, plan, what_ifs
-from ponder.plan.catalog import GPUS, MODELS, find_gpu, find_model
-from ponder.plan.hosted import compare, load_prices
+from ponder.capacity.capacity import Deployment, PlanReport, Workload, plan, what_ifs
+from ponder.capacity.catalog import GPUS, MODELS, find_gpu, find_model
+from ponder.capacity.hosted import compare, load_prices
 
 
 def shared_options(f):
@@ -49,7 +49,7 @@ def _setup(model, gpu, gpus_per_node, tp, weights_dtype, kv_dtype, input_tokens,
     if tp is None:
         from dataclasses import replace
 
-        from ponder.plan.capacity import smallest_tp
+        from ponder.capacity.capacity import smallest_tp
 
         chosen, why = smallest_tp(arch, dep, work)
         dep = replace(dep, tp=chosen)

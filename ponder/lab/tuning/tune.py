@@ -185,7 +185,7 @@ def tune_items(items: list[RunItem], *, router_name: str = "heuristic", router=N
 
 def labeled_examples(items: list[RunItem], scores: list[float], fast_key: str, strong_key: str):
     """Calibration / router-evaluation examples: items both configurations answered."""
-    from ponder.routing.calibrate import Labeled
+    from ponder.lab.tuning.calibrate import Labeled
 
     out = []
     for it, s in zip(items, scores):

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 from ponder.errors import InvalidRequest
-from ponder.plan.catalog import GPU, ModelArch
+from ponder.capacity.catalog import GPU, ModelArch
 
 DTYPE_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 HOURS_PER_MONTH = 730.0
@@ -149,14 +149,7 @@ def plan(arch: ModelArch, dep: Deployment, work: Workload) -> PlanReport:
     kv_per_gpu = usable - w_per_gpu
     kv_per_replica = kv_per_gpu * tp
     kv_tok = kv_bytes_per_token(arch, dep.kv_dtype)
-    # each GPU holds its share of KV heads; with fewer KV heads than ranks
-    # (or MLA's shared latent) the cache is replicated instead of split
-    if arch.attention == "mla":
-        kv_tok_per_gpu = kv_tok
-    elif arch.kv_heads >= tp:
-        kv_tok_per_gpu = kv_tok * math.ceil(arch.kv_heads / tp) / arch.kv_heads
-    else:
-        kv_tok_per_gpu = kv_tok / arch.kv_heads
+    kv_tok_per_gpu = _kv_per_token_per_gpu(arch, kv_tok, tp)
     replica_factor = kv_tok_per_gpu * tp / kv_tok  # 1.0 when split cleanly
 
     out_per_sample = work.output_tokens_per_sample
@@ -196,12 +189,7 @@ def plan(arch: ModelArch, dep: Deployment, work: Workload) -> PlanReport:
     usd_month = gpus * dep.usd_per_gpu_hour * HOURS_PER_MONTH
     agg_tok_s = streams / step
     replica_usd_s = tp * dep.usd_per_gpu_hour / 3600
-    if arch.active_params_b is not None and arch.active_params_b < arch.params_b:
-        notes.append(f"MoE: {arch.active_b:g}B of {arch.params_b:g}B parameters read per decode step")
-    if arch.attention == "mla":
-        notes.append(f"MLA: KV is a {arch.kv_lora_rank}+{arch.rope_head_dim} latent per layer, replicated on each TP rank")
-    if replica_factor > 1.0001 and arch.attention != "mla":  # MLA's latent is one shared head: noted above
-        notes.append(f"only {arch.kv_heads} KV heads for TP={tp}: KV is replicated {replica_factor:.1f}x")
+    notes += _architecture_notes(arch, tp, replica_factor)
     return PlanReport(
         model=arch.name, gpu=dep.gpu.name, tp=tp, weights_dtype=dep.weights_dtype, kv_dtype=dep.kv_dtype,
         kv_bytes_per_token=kv_tok, naive_kv_bytes_per_token=naive_kv_bytes_per_token(arch, dep.kv_dtype),
@@ -213,6 +201,27 @@ def plan(arch: ModelArch, dep: Deployment, work: Workload) -> PlanReport:
         usd_per_million_output_tokens=replica_usd_s / agg_tok_s * 1e6,
         usd_per_request=replica_usd_s * tta / conc, notes=notes,
     )
+
+
+def _kv_per_token_per_gpu(arch: ModelArch, kv_tok: float, tp: int) -> float:
+    """Each GPU holds its share of KV heads; with fewer KV heads than ranks (or MLA's shared latent) the cache is
+    replicated instead of split."""
+    if arch.attention == "mla":
+        return kv_tok
+    if arch.kv_heads >= tp:
+        return kv_tok * math.ceil(arch.kv_heads / tp) / arch.kv_heads
+    return kv_tok / arch.kv_heads
+
+
+def _architecture_notes(arch: ModelArch, tp: int, replica_factor: float) -> list[str]:
+    notes = []
+    if arch.active_params_b is not None and arch.active_params_b < arch.params_b:
+        notes.append(f"MoE: {arch.active_b:g}B of {arch.params_b:g}B parameters read per decode step")
+    if arch.attention == "mla":
+        notes.append(f"MLA: KV is a {arch.kv_lora_rank}+{arch.rope_head_dim} latent per layer, replicated on each TP rank")
+    if replica_factor > 1.0001 and arch.attention != "mla":  # MLA's latent is one shared head: noted above
+        notes.append(f"only {arch.kv_heads} KV heads for TP={tp}: KV is replicated {replica_factor:.1f}x")
+    return notes
 
 
 def smallest_tp(arch: ModelArch, dep: Deployment, work: Workload) -> tuple[int, str]:

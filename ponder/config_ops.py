@@ -1,0 +1,102 @@
+"""Config sections for operating ponder for others: keys and their limits, the state store, the ledger, the cache.
+
+Re-exported by :mod:`ponder.config`, which holds the one top-level
+:class:`~ponder.config.PonderConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from ponder.config_base import _Strict, _word
+
+
+class KeyLimits(_Strict):
+    """What one API key may do.  Absent: no limit of that kind."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    thinking_tokens_per_day: int | None = Field(None, ge=1)
+    spend_usd_per_month: float | None = Field(None, gt=0)
+    max_concurrent: int | None = Field(None, ge=1)
+    max_thinking_tokens: int | None = Field(None, ge=0)
+    max_samples: int | None = Field(None, ge=1)
+    max_effort: str | None = None
+    lanes: list[str] | None = None
+    #: requests beyond the per-request limits are clamped (and told so) instead of refused
+    clamp: bool = False
+
+    @field_validator("max_effort", mode="before")
+    @classmethod
+    def _effort_word(cls, v: Any) -> Any:
+        return "none" if v is False else _word(v)
+
+
+class KeyConfig(_Strict):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    key_sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    limits: KeyLimits = KeyLimits()
+
+
+class AuthConfig(_Strict):
+    required: bool = False
+    keys: list[KeyConfig] = Field(default_factory=list)
+    #: limits of requests without a key when ``required`` is false
+    anonymous: KeyLimits = KeyLimits()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "AuthConfig":
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError("key names must be unique")
+        hashes = [k.key_sha256 for k in self.keys]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two keys share one key_sha256")
+        if self.required and not self.keys:
+            raise ValueError("auth.required is true but no keys are configured")
+        return self
+
+
+class StateConfig(_Strict):
+    """Where quotas and reservations live: ``memory://`` (one process) or ``redis://host:port/db`` (shared)."""
+
+    url: str = "memory://"
+    #: a reservation left by a dead replica expires after this
+    lease_s: float = Field(120.0, gt=0)
+    #: when the state store is unreachable: refuse (false, the default) or admit without quotas
+    fail_open: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not (v.startswith("memory://") or v.startswith("redis://") or v.startswith("rediss://")):
+            raise ValueError("state.url must be memory:// or redis://host:port/db")
+        return v
+
+
+class LedgerConfig(_Strict):
+    """One durable row per request: ``sqlite:///path`` (WAL), ``jsonl:///path``, or ``off``."""
+
+    url: str = "sqlite:///runs/ledger.db"
+    #: rows of running requests are updated at least this often (write-ahead accounting)
+    flush_interval_s: float = Field(1.0, gt=0, le=60)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        v = _word(v)
+        if not isinstance(v, str) or not (v == "off" or v.startswith("sqlite:///") or v.startswith("jsonl:///")):
+            raise ValueError("ledger.url must be sqlite:///PATH, jsonl:///PATH or off")
+        return v
+
+
+class CacheConfig(_Strict):
+    """The answer cache: exact repeats of deterministic requests are answered from the state store."""
+
+    enabled: bool = False
+    ttl_s: float = Field(3600.0, gt=0)
+    max_entries: int = Field(10_000, ge=1)
+    #: also cache requests with temperature > 0 and no seed
+    nondeterministic: bool = False
