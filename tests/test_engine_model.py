@@ -12,7 +12,7 @@ import pytest
 
 from ponder.backends.base import SampleSpec
 from ponder.backends.llama_cpp import LlamaCppBackend
-from ponder.thinking.machine import ThinkingDelta
+from ponder.thinking.machine import LoopGuardSettings, ThinkingDelta
 from ponder.types import CancelToken, Message, Sampling, ThinkingBudget
 
 from helpers import sample
@@ -87,8 +87,14 @@ def test_hard_cap_on_real_model(tiny_backend):
 
 
 def test_min_thinking_on_real_model(tiny_backend):
-    g = sample(tiny_backend, Q, ThinkingBudget(200, min_tokens=80), Sampling(seed=5, max_answer_tokens=16))
-    assert g.usage.thinking_tokens >= 80 or g.thinking_report.stopped in ("repetition", "budget")
+    # the loop guard off, so nothing but the minimum decides how long the trace is
+    off = LoopGuardSettings(enabled=False)
+    free = sample(tiny_backend, Q, ThinkingBudget(200), Sampling(seed=5, max_answer_tokens=16), loop_guard=off)
+    assert free.usage.thinking_tokens < 80 and free.thinking_report.stopped == "end"  # it would stop early...
+    g = sample(tiny_backend, Q, ThinkingBudget(200, min_tokens=80), Sampling(seed=5, max_answer_tokens=16),
+               loop_guard=off)
+    assert g.usage.thinking_tokens >= 80  # ...and is kept thinking with "Wait," until the minimum
+    assert g.thinking_report.continuations >= 1 and "Wait," in g.thinking
 
 
 def test_same_seed_same_answer(tiny_backend):
@@ -284,3 +290,30 @@ def test_summaries_run_next_to_the_generation_without_disturbing_it():
         assert same >= 16, f"the runs parted after {same} tokens"
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("grace", [0.0, 30.0])
+def test_server_answer_grace_reaches_the_engine(tiny_backend, grace):
+    """``server.answer_grace_s`` is what the engine gives the answer after the deadline cuts the thinking.
+
+    The trace is kept thinking (a minimum it cannot reach, no loop guard) until the 0.6 s deadline cuts it;
+    with no grace the answer is stopped at once, with 30 s it runs to its own end.
+    """
+    from ponder.config import PonderConfig
+    from ponder.request import PonderRequest
+    from ponder.service import Ponder
+
+    cfg = PonderConfig(lanes=[{"name": "default", "n_ctx": 2048}], ledger={"url": "off"},
+                       server={"answer_grace_s": grace},
+                       thinking={"loop_guard": {"enabled": False}})
+    service = Ponder(cfg, backends={"default": tiny_backend})
+    plan = service.prepare_sync(PonderRequest((Message("user", "Explain step by step why the sky is blue."),),
+                                              max_thinking_tokens=1500, min_thinking_tokens=1500,
+                                              max_answer_tokens=24, temperature=0.0, deadline_s=0.6))
+    outcome = asyncio.run(service.ask(plan))
+    g = outcome.results[0].chosen
+    assert g.thinking_report.stopped == "deadline"
+    if grace == 0.0:
+        assert g.finish_reason == "deadline" and g.usage.answer_tokens <= 2
+    else:
+        assert g.finish_reason in ("stop", "length") and g.usage.answer_tokens > 2

@@ -344,17 +344,19 @@ def test_sixteen_concurrent_requests_all_complete_with_their_own_usage(tmp_path)
 def test_structured_output_parse_with_a_pydantic_model_on_the_embedded_engine(client):
     from pydantic import BaseModel
 
-    class Sum(BaseModel):
+    class Sum(BaseModel):  # a key no model writes unasked: only the grammar can produce this shape
         question: str
-        result: int
+        zq_result: int
 
-    r = client.chat.completions.parse(model="default", messages=[{"role": "user", "content":
-                                      "What is 12 + 7? Reply as JSON with the question and the result."}],
-                                      response_format=Sum, max_tokens=64, seed=3,
-                                      extra_body={"max_thinking_tokens": 24})
-    parsed = r.choices[0].message.parsed
-    assert isinstance(parsed, Sum), r.choices[0].message.content  # the grammar makes it valid, right or not
-    json.loads(r.choices[0].message.content)
+    ask = dict(model="default", messages=[{"role": "user", "content":
+                                           "What is 12 + 7? Reply as JSON with the question and the result."}],
+               max_tokens=64, seed=3, extra_body={"max_thinking_tokens": 24})
+    r = client.chat.completions.parse(response_format=Sum, **ask)
+    assert r.choices[0].message.parsed is not None  # the grammar makes it valid, right or not
+    assert r.usage.completion_tokens_details.reasoning_tokens > 0  # ...and only the answer: the thinking ran free
+    free = client.chat.completions.create(**ask)  # the same request without the grammar
+    with pytest.raises(ValueError):
+        Sum.model_validate_json(free.choices[0].message.content or "")
 
 
 def test_logprobs_come_back_for_each_answer_token(client):

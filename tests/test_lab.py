@@ -24,7 +24,7 @@ from ponder.lab.tasks import load_jsonl, load_task, JsonlSpec, parse_task_spec, 
 from ponder.strategies import build_params, get_strategy
 from ponder.strategies.base import StrategyRequest
 from ponder.thinking import prompts
-from ponder.types import Message, Sampling, ThinkingBudget
+from ponder.types import Usage, Message, Sampling, ThinkingBudget
 
 
 def counting_backend(answers):
@@ -48,14 +48,15 @@ def counting_backend(answers):
 # -- generate once, subsample -----------------------------------------------------------
 
 def test_pool_draws_each_index_once_and_smaller_n_use_the_first_draws():
-    backend = counting_backend(["7", "9", "7", "9", "9", "9", "5", "9"])
+    # answers of different lengths, so each configuration's usage says which draws it used
+    backend = counting_backend(["7", "the answer is 9", "7 or 7", "9", "so 9", "9", "it is 5", "9"])
     pool = SamplePool()
     req = StrategyRequest(messages=(Message("user", "q"),), budget=ThinkingBudget(0), sampling=Sampling(seed=3),
                           answer_kind="number", pool=pool)
     sc = get_strategy("self-consistency")
     r8 = asyncio.run(sc.run(req, backend, build_params(sc, {"n": 8})))
     assert backend.answer_calls["k"] == 8 and pool.fresh_draws == 8
-    assert r8.answer == "9"
+    assert [s.answer for s in r8.samples].count("9") == 5 and r8.answer.endswith("9")  # the majority won
     r2 = asyncio.run(sc.run(req, backend, build_params(sc, {"n": 2})))
     r4 = asyncio.run(sc.run(req, backend, build_params(sc, {"n": 4})))
     single = asyncio.run(get_strategy("single").run(req, backend, build_params(get_strategy("single"), {})))
@@ -64,7 +65,10 @@ def test_pool_draws_each_index_once_and_smaller_n_use_the_first_draws():
     assert [s.answer for s in r2.samples] == ["7", "9"]
     assert single.answer == "7"
     # usage is that of the samples each configuration used, as if served alone
-    assert r4.usage.answer_tokens == 4 and r8.usage.answer_tokens == 8
+    for r, k in ((r2, 2), (r4, 4), (r8, 8)):
+        used = sum((x.generation.usage for x in r8.samples[:k]), Usage())
+        assert r.usage.to_dict() == used.to_dict(), k
+    assert r2.usage.answer_tokens < r4.usage.answer_tokens < r8.usage.answer_tokens
 
 
 def test_pool_returns_fresh_sample_wrappers():

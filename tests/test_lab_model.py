@@ -58,10 +58,24 @@ def test_resume_of_a_finished_run_adds_nothing(run_dir):
     assert (run_dir / "samples.jsonl").read_text() == before
 
 
-def test_compare_and_audit(run_dir):
-    p = ponder("bench", "compare", str(run_dir), str(run_dir / "results.json"))
+def test_compare_reports_what_changed_and_audit_runs(run_dir, tmp_path):
+    # B is A with one configuration's accuracy flipped and its tokens doubled: compare must find exactly that
+    results = json.loads((run_dir / "results.json").read_text())
+    changed = results["configurations"][0]
+    m = changed["metrics"]
+    before_acc, before_tokens = m["accuracy"], m["completion_tokens"]["mean"]
+    target = 0.0 if before_acc == 1.0 else 1.0
+    m["correct"], m["accuracy"] = int(m["items"] * target), target
+    m["completion_tokens"]["mean"] = before_tokens * 2
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    p = ponder("bench", "compare", str(run_dir), str(tmp_path), "--json")
     assert p.returncode == 0, p.stderr
-    assert "+0.00" in p.stdout
+    rows = {r["config"]: r for r in json.loads(p.stdout)["rows"]}
+    assert len(rows) == 4
+    key = f"{changed['budget']}|{changed['strategy']}|n={changed['n']}"
+    assert rows[key]["delta_accuracy"] == pytest.approx(target - before_acc) != 0
+    assert rows[key]["tokens_ratio"] == pytest.approx(2.0)
+    assert all(r["delta_accuracy"] == 0 and r["tokens_ratio"] == pytest.approx(1.0) for k, r in rows.items() if k != key)
     p = ponder("bench", "audit", str(run_dir), "--limit", "2")
     assert p.returncode == 0, p.stderr
     audit = json.loads((run_dir / "audit.json").read_text())

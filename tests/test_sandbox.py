@@ -22,9 +22,30 @@ BOX = Sandbox(Limits(wall_s=10, cpu_s=5, memory_mb=256, file_mb=4))
 OPEN = Sandbox(Limits(wall_s=10, cpu_s=5, memory_mb=256, file_mb=4), isolation="none")
 
 
-def test_bubblewrap_is_available_here():
-    # make test installs bubblewrap; without it every other test here would be meaningless
-    assert unavailable_reason() is None
+def test_without_bubblewrap_code_is_refused_not_run_unconfined(monkeypatch, tmp_path):
+    """No bwrap on the PATH: the sandbox says why and refuses; it never falls back to running the code as is."""
+    from ponder.verifiers import sandbox as sbx
+
+    assert unavailable_reason() is None  # here (make test installs it) the sandbox works...
+    planted = tmp_path / "ran"
+    monkeypatch.setattr(sbx.shutil, "which", lambda name: None)
+    sbx.unavailable_reason.cache_clear()  # it is probed once per process: probe again without bwrap
+    try:
+        assert "bubblewrap" in sbx.unavailable_reason()  # ...and without it, it names what is missing
+        with pytest.raises(sbx.SandboxUnavailable, match="bubblewrap"):
+            BOX.run_python(f"open({str(planted)!r}, 'w').write('x')")
+        assert not planted.exists()
+    finally:
+        monkeypatch.undo()
+        sbx.unavailable_reason.cache_clear()
+
+
+def bare(code: str) -> dict:
+    """The probe run here with no isolation at all and this process's environment (the control)."""
+    p = subprocess.run([sys.executable, "-c", "import json, os, sys\n" + code], capture_output=True, text=True,
+                       timeout=30, env=dict(os.environ))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def run(code: str, box: Sandbox = BOX) -> dict:
@@ -43,17 +64,19 @@ def test_runs_as_nobody_with_no_new_privileges():
 def test_environment_secrets_are_not_visible(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-of-the-gateway")
     probe = "print(json.dumps(dict(os.environ)))"
-    assert run(probe, OPEN).get("OPENAI_API_KEY") is None  # OPEN already clears the env (the old behaviour)
+    # the probe finds the secret in a process that has it (run here, unconfined, with this process's env)
+    assert bare(probe)["OPENAI_API_KEY"] == "sk-secret-of-the-gateway"
     env = run(probe)
     assert "sk-secret-of-the-gateway" not in json.dumps(env)
     assert set(env) <= {"PATH", "HOME", "PYTHONDONTWRITEBYTECODE", "LD_LIBRARY_PATH", "PWD", "LC_CTYPE"}
     # nor through /proc of the parent
-    got = run("import glob\nseen = []\n"
-              "for p in glob.glob('/proc/[0-9]*/environ'):\n"
-              "    try: seen.append(open(p, 'rb').read().decode(errors='replace'))\n"
-              "    except OSError: pass\n"
-              "print(json.dumps({'leak': any('sk-secret' in s for s in seen)}))")
-    assert got == {"leak": False}
+    proc_probe = ("import glob\nseen = []\n"
+                  "for p in glob.glob('/proc/[0-9]*/environ'):\n"
+                  "    try: seen.append(open(p, 'rb').read().decode(errors='replace'))\n"
+                  "    except OSError: pass\n"
+                  "print(json.dumps({'leak': any('sk-secret' in s for s in seen)}))")
+    assert bare(proc_probe) == {"leak": True}  # unconfined, /proc shows the secret (its own environ at least)
+    assert run(proc_probe) == {"leak": False}
 
 
 def test_host_files_cannot_be_read():

@@ -147,8 +147,10 @@ def llama_server():
 def test_real_upstream_answers_within_budget(llama_server):
     b = OpenAICompatBackend(llama_server, "tiny", native_reasoning=False, timeout_s=60)
     g = sample(b, Q, ThinkingBudget(16), Sampling(seed=1, max_answer_tokens=24, temperature=0))
-    assert g.answer or g.thinking
-    assert g.usage.thinking_tokens <= 16
+    # capped or not, the request answers (a cut thinking is handed back and the answer asked for); the tiny
+    # model often skips the thinking it is asked for, so the answer is what must be there
+    assert g.answer.strip() and g.answer_source == "answer", (g.thinking, g.answer)
+    assert g.usage.thinking_tokens <= 16 and g.thinking_report.used == g.usage.thinking_tokens
     assert g.usage.prompt_tokens > 0
 
 

@@ -30,7 +30,18 @@ def test_choice_and_string_kinds():
 
 def test_reference_and_callable():
     assert ReferenceVerifier("19").verify("q", "It is 19", "19").passed
-    assert CallableVerifier(lambda e, f: e == "3").verify("q", "3", "3").score == 1.0
+    assert not ReferenceVerifier("19").verify("q", "It is 91", "91").passed
+
+
+def test_callable_gets_extracted_then_full_answer_and_its_threshold_decides():
+    seen = []
+    v = CallableVerifier(lambda e, f: seen.append((e, f)) or 0.75, threshold=0.7)
+    got = v.verify("q", "the full answer: 3", "3")
+    assert seen == [("3", "the full answer: 3")]  # the argument order scorers are written against
+    assert (got.score, got.passed, got.feedback) == (0.75, True, "")
+    strict = CallableVerifier(lambda e, f: 0.75).verify("q", "a", "a")  # the default threshold is 1.0
+    assert (strict.passed, strict.feedback) == (False, "the checker scored this answer 0.75")
+    assert CallableVerifier(lambda e, f: False).verify("q", "a", "a").score == 0.0  # a bool is a 0/1 score
 
 
 def test_safe_verify_catches_crash_and_bad_scores():
