@@ -96,7 +96,8 @@ async def ponder_streams(backend: LlamaCppBackend, ids: list[int], n_seqs: int, 
                     done.set()
             loop.call_soon_threadsafe(dec)
 
-    reqs = [SeqRequest(Counting(k), post, temperature=0.7, top_p=0.95, top_k=40, seed=seed + k, max_new=n + 8)
+    reqs = [SeqRequest(Counting(k), post, sampling=Sampling(temperature=0.7, top_p=0.95, top_k=40, seed=seed + k),
+                       max_new=n + 8)
             for k in range(n_seqs)]
     backend.engine.submit(ids, reqs)
     await done.wait()

@@ -220,8 +220,8 @@ def test_batch_of_one_reproduces_llama_generate_token_for_token():
             loop = asyncio.get_running_loop()
             q: asyncio.Queue = asyncio.Queue()
             m = CompletionMachine(24)
-            req = SeqRequest(m, lambda e: loop.call_soon_threadsafe(q.put_nowait, e), temperature=0.7, top_p=0.95,
-                             top_k=40, seed=seed, max_new=32)
+            req = SeqRequest(m, lambda e: loop.call_soon_threadsafe(q.put_nowait, e),
+                             sampling=Sampling(temperature=0.7, top_p=0.95, top_k=40, seed=seed), max_new=32)
             b.engine.submit(ids, [req])
             while not isinstance(await q.get(), Done):
                 pass

@@ -74,8 +74,8 @@ class SequenceControl:
         lse = self._logsumexp(row)
         piece = self.piece(tok)
         top = ()
-        if r.top_logprobs:
-            top = top_alternatives(row, r.top_logprobs, lse, lambda t: self.piece(t).decode("utf-8", errors="replace"))
+        if r.sampling.top_logprobs:
+            top = top_alternatives(row, r.sampling.top_logprobs, lse, lambda t: self.piece(t).decode("utf-8", errors="replace"))
         if lc.llama_vocab_is_eog(self.vocab, tok):
             # the end-of-turn token is sampled but never evaluated: it is not counted
             self._act(s, ctrl.end_of_turn(), "stop")

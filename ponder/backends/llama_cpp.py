@@ -11,6 +11,7 @@ awaiting coroutine (a client that left) stops the sequence at the next step.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -117,11 +118,8 @@ class LlamaCppBackend(Backend):
             post = _poster(loop, q, self.engine)
             clock = control.Clock()
             machine = control.new_machine(s, cue_tokens=self.count_tokens, on_event=post)
-            req = SeqRequest(
-                machine, post, temperature=s.sampling.temperature, top_p=s.sampling.top_p, top_k=s.sampling.top_k,
-                seed=s.sampling.seed, top_logprobs=s.sampling.top_logprobs, grammar=s.sampling.grammar,
-                max_new=max_new, cancel=s.cancel.child(), deadline=s.deadline,
-                answer_grace_s=s.answer_grace_s)
+            req = SeqRequest(machine, post, sampling=s.sampling, max_new=max_new, cancel=s.cancel.child(),
+                             deadline=s.deadline, answer_grace_s=s.answer_grace_s)
             runs.append((off, q, machine, req, clock))
         self.engine.submit(ids, [r[3] for r in runs])
         tasks = [asyncio.ensure_future(self._consume(spec, len(ids), off - relabel, q, m, req, clock, on_event))
@@ -188,8 +186,8 @@ class LlamaCppBackend(Backend):
         post = _poster(loop, q, self.engine)
         m = CompletionMachine(max_tokens, stop)
         ids = self._prompt_ids(prompt)
-        req = SeqRequest(m, post, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                         seed=sampling.seed, max_new=max_tokens + 8,
+        # a raw step: no grammar (that is for answers) and no alternatives
+        req = SeqRequest(m, post, sampling=replace(sampling, grammar=None, top_logprobs=0), max_new=max_tokens + 8,
                          cancel=(cancel or CancelToken()).child())
         self.engine.submit(ids, [req])
         cached = 0

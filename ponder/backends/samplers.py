@@ -19,9 +19,9 @@ from ponder.errors import BackendError
 
 def make_samplers(lc: Any, vocab: Any, s: Any) -> None:
     """Give sequence ``s`` its chain (and its grammar chain, when its answer is structured)."""
-    r = s.req
-    if r.score_ids is not None:
+    if s.req.score_ids is not None:
         return
+    r = s.req.sampling
     seed = r.seed if r.seed is not None else random.getrandbits(31)
     s.sampler = chain(lc, vocab, r, seed, None)
     if r.grammar:
@@ -36,6 +36,7 @@ def free_samplers(lc: Any, s: Any) -> None:
 
 
 def chain(lc: Any, vocab: Any, r: Any, seed: int, grammar: str | None) -> Any:
+    """A sampler chain for :class:`~ponder.types.Sampling` ``r`` (grammar first, when given)."""
     c = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     if grammar:
         g = lc.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")

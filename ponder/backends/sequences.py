@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ponder.thinking.machine import Decision
-from ponder.types import CancelToken, Deadline, TokenLogprob
+from ponder.types import CancelToken, Deadline, Sampling, TokenLogprob
 
 
 class Controller(Protocol):
@@ -75,13 +75,9 @@ class SeqRequest:
 
     controller: Controller | None
     post: Callable[[object], None]
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 40
-    seed: int | None = None
-    top_logprobs: int = 0
-    #: a GBNF grammar applied once the controller enters its answer phase
-    grammar: str | None = None
+    #: the sample's own decoding settings, as planned (its ``grammar`` applies once the controller enters its
+    #: answer phase; ``top_logprobs`` alternatives are recorded per token)
+    sampling: Sampling = Sampling()
     #: most tokens the continuation may occupy (thinking cap + cues + answer): reserved in the KV
     max_new: int = 512
     cancel: CancelToken = field(default_factory=CancelToken)

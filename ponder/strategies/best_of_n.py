@@ -57,7 +57,6 @@ class BestOfN:
     Params = BestOfNParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: BestOfNParams) -> StrategyResult:
-        params.validate(request.max_samples)
         samples = await sampling.draw(request, backend, params.n)
         if not samples:
             return stopped_result(request)
@@ -88,7 +87,6 @@ class WeightedBestOfN:
     Params = WeightedBestOfNParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: WeightedBestOfNParams) -> StrategyResult:
-        params.validate(request.max_samples)
         samples = await sampling.draw(request, backend, params.n)
         if not samples:
             return stopped_result(request)

@@ -120,7 +120,6 @@ class ConfidenceVoteParams:
 
 async def confidence_vote(request: StrategyRequest, backend: Backend, params: ConfidenceVoteParams, *,
                           keep: float, weighted: bool, label: str) -> StrategyResult:
-    params.validate(request.max_samples)
     request = with_topk(request, params.top_k)
     samples = await sampling.draw(request, backend, params.n)
     if not samples:
@@ -215,7 +214,6 @@ class DeepConfOnline:
     Params = OnlineParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: OnlineParams) -> StrategyResult:
-        params.validate(request.max_samples)
         request = with_topk(request, params.top_k)
         eq = Equivalence(params.equivalence)
         # warm-up: full traces (the lab's pool shares them with the other strategies)

@@ -54,7 +54,6 @@ class SelfConsistency:
     Params = SelfConsistencyParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: SelfConsistencyParams) -> StrategyResult:
-        params.validate(request.max_samples)
         samples = await sampling.draw(request, backend, params.n)
         if not samples:
             return stopped_result(request)
@@ -97,7 +96,6 @@ class AdaptiveConsistency:
     Params = AdaptiveParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: AdaptiveParams) -> StrategyResult:
-        params.validate(request.max_samples)
         eq = Equivalence(params.equivalence)
         samples = []
         p_settled = 0.0

@@ -37,7 +37,6 @@ class VerifyRetry:
     Params = VerifyRetryParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: VerifyRetryParams) -> StrategyResult:
-        params.validate(request.max_samples)
         verifier = verifier_for(request, backend, params.verifier)
         messages = list(request.messages)
         samples: list[Sample] = []
@@ -95,7 +94,6 @@ class Refine:
     Params = RefineParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: RefineParams) -> StrategyResult:
-        params.validate(request.max_samples)
         verifier = verifier_for(request, backend, params.verifier) if (params.verifier or request.verifier) else None
         messages = list(request.messages)
         samples: list[Sample] = []

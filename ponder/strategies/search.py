@@ -196,7 +196,6 @@ class Beam:
     Params = BeamParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: BeamParams) -> StrategyResult:
-        params.validate(request.max_samples)
         env = StepEnv(request, backend, params.delimiter, params.step_tokens)
         beams = [Path()]
         finished: list[Path] = []
@@ -244,7 +243,6 @@ class DVTS:
     Params = DVTSParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: DVTSParams) -> StrategyResult:
-        params.validate(request.max_samples)
         env = StepEnv(request, backend, params.delimiter, params.step_tokens)
         roots = await env.expand(Path(), params.subtrees)  # diverse first steps, one per subtree
 
@@ -309,7 +307,6 @@ class MCTS:
     Params = MCTSParams
 
     async def run(self, request: StrategyRequest, backend: Backend, params: MCTSParams) -> StrategyResult:
-        params.validate(request.max_samples)
         env = StepEnv(request, backend, params.delimiter, params.step_tokens)
         root = Node(Path())
         for _ in range(params.simulations):
