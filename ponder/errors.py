@@ -36,6 +36,17 @@ class PonderError(Exception):
     def headers(self) -> dict[str, str]:
         return {}
 
+    def to_anthropic(self) -> dict:
+        """The body an Anthropic client expects: ``{"type": "error", "error": {"type", "message"}}``."""
+        return {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(self.status, "api_error"),
+                                           "message": self.message}}
+
+
+#: Anthropic's error types by HTTP status
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                   502: "api_error", 503: "overloaded_error", 504: "api_error", 529: "overloaded_error"}
+
 
 class InvalidRequest(PonderError):
     """A request field (or CLI flag) has a bad value."""
@@ -128,6 +139,12 @@ class UpstreamTimeout(BackendError):
     status = 504
     type = "upstream_timeout"
     code = "upstream_timeout"
+
+
+class ToolChoiceIgnored(BackendError):
+    """``tool_choice`` forced a call and the answer holds none: an error, never a success."""
+
+    code = "tool_choice_ignored"
 
 
 class UpstreamRateLimited(Overloaded):

@@ -101,13 +101,18 @@ class Outcome:
 
 
 
-def answer_and_calls(result: StrategyResult, plan: Any) -> tuple[str | None, list[dict]]:
-    """The answer as content, and the client-tool calls in it (none unless the request has client tools)."""
+def answer_and_calls(result: StrategyResult, plan: Any, salt: str = "") -> tuple[str | None, list[dict]]:
+    """The answer as content, and the client-tool calls in it (none unless the request has client tools).
+
+    Call ids are derived from ``salt`` (the request id) and the call's place, so a streamed call and the
+    final body name it alike.  With ``parallel_tool_calls`` off only the first call is returned.
+    """
     if not plan.client_tools:
         return result.answer, []
     from ponder.tools.client import split_calls
 
-    return split_calls(result.answer, [t["function"]["name"] for t in plan.client_tools])
+    content, calls = split_calls(result.answer, [t["function"]["name"] for t in plan.client_tools], salt=salt)
+    return content, calls if plan.parallel_tool_calls else calls[:1]
 
 
 def outcome_extra(plan: "Plan", results: list[StrategyResult], attempts: list[Attempt], summaries: Usage,

@@ -61,6 +61,8 @@ class Plan:
     #: the client's functions (OpenAI tools, as dicts) and tool_choice
     client_tools: tuple = ()
     tool_choice: Any = None
+    #: one answer may hold several calls of the client's functions
+    parallel_tool_calls: bool = True
     #: the prompt, rendered and tokenized once when the request is prepared (None: not prepared yet)
     prompt: Any = field(default=None, compare=False)
     #: the strategy object (looked up once, when planning)
@@ -143,9 +145,9 @@ def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any,
         raise InvalidRequest(f"n = {req.n} is above the ceiling of {server.max_samples}", param="n")
     budget = _budget(req, config, lane, band)
     clamped: dict = {}
-    sampling = _sampling(req, server, lane, clamped)
     strategy_name, runner, params = _strategy(req, server, lane, band)
     client_tools, tool_choice = _client_tools(req, strategy_name)
+    sampling = _sampling(req, server, lane, clamped, _forced_call_grammar(client_tools, tool_choice, req, lane))
     plan = Plan(
         lane=lane, messages=req.messages, budget=budget, sampling=sampling, strategy=strategy_name,
         strategy_params=params, visibility=req.visibility or server.default_visibility, n=req.n, route=route,
@@ -154,6 +156,7 @@ def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any,
         tools=req.tools if req.tools is not None else tuple(lane.tools.enabled),
         cache=req.cache or ("use" if config.cache.enabled else "off"),
         client_tools=client_tools, tool_choice=tool_choice, runner=runner,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
     )
     _check_cost(plan, server.max_request_tokens)
     return plan
@@ -167,7 +170,20 @@ def _budget(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: An
                           min_thinking_tokens=req.min_thinking_tokens, default_effort=lane.effort)
 
 
-def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict) -> Sampling:
+def _forced_call_grammar(tools: tuple, choice: Any, req: PonderRequest, lane: LaneConfig) -> str | None:
+    """On an engine that takes a grammar, a forced ``tool_choice`` constrains the answer to a valid call."""
+    from ponder.tools.forced import call_grammar, forced_names
+
+    if not forced_names(tools, choice) or not lane_has(lane, "grammar"):
+        return None
+    if req.output_format is not None:
+        raise InvalidRequest("a forced tool_choice and response_format cannot both constrain the answer",
+                             param="tool_choice")
+    return call_grammar(tools, choice)
+
+
+def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict,
+              call_grammar: str | None = None) -> Sampling:
     answer_tokens = req.max_answer_tokens or lane.answer_tokens
     if answer_tokens > server.max_answer_tokens:
         clamped[req.answer_tokens_field] = {"from": answer_tokens, "to": server.max_answer_tokens,
@@ -177,7 +193,7 @@ def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict) 
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
         seed=req.seed, stop=req.stop, max_answer_tokens=answer_tokens, top_logprobs=req.top_logprobs,
-        grammar=sampling_format(req, lane)[0],
+        grammar=call_grammar or sampling_format(req, lane)[0],
     )
 
 

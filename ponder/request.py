@@ -71,6 +71,8 @@ class PonderRequest:
     #: the client's functions as OpenAI tool dicts, and tool_choice (none|auto|required|{"type": "function", ...})
     client_tools: tuple[dict, ...] = ()
     tool_choice: Any = None
+    #: may one answer hold several calls (None: yes)
+    parallel_tool_calls: bool | None = None
     stream: bool = False
 
     def validate(self) -> "PonderRequest":

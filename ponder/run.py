@@ -36,6 +36,7 @@ from ponder.errors import (
     DeadlineExceeded,
     PonderError,
     ShuttingDown,
+    ToolChoiceIgnored,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
@@ -233,6 +234,7 @@ class Run:
                 result = await run_cascade(self.deps, plan, request, i, self.deadline, meter)
             else:
                 result = await strategy.run(request, backend, plan.strategy_params)
+            _check_forced_call(plan, result)
             if not live:
                 self._replay_chosen(i, result)
             elif i not in self._answer_streamed and result.chosen.answer:
@@ -374,3 +376,12 @@ class _ChoiceSink:
     def sample_done(self, sid: int, generation: Generation) -> None:
         self.run._live_used[(self.index, sid)] = generation.usage.thinking_tokens
 
+
+def _check_forced_call(plan: "Plan", result: StrategyResult) -> None:
+    """A forced ``tool_choice`` must come back as a call: an answer without one is an error, not a success."""
+    from ponder.tools.forced import forced_names
+
+    names = forced_names(plan.client_tools, plan.tool_choice) if plan.client_tools else None
+    if names and not any(c["function"]["name"] in names for c in answer_and_calls(result, plan)[1]):
+        raise ToolChoiceIgnored(f"tool_choice required a call to {' or '.join(names)}, and the engine on lane "
+                                f"{plan.lane.name!r} answered without one", param="tool_choice")

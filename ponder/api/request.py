@@ -245,7 +245,7 @@ class ChatCompletionRequest(BaseModel):
             cache=p.cache if p else None, tools=tuple(p.tools) if p and p.tools is not None else None,
             output_format=fmt, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
             client_tools=tuple(t.model_dump(exclude_none=True) for t in self.tools or ()),
-            tool_choice=self.tool_choice, stream=self.stream,
+            tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls, stream=self.stream,
         ).validate()
 
 

@@ -58,8 +58,8 @@ def ponder_block(outcome: "Outcome") -> dict:
     return block
 
 
-def message_of(result: StrategyResult, visibility: str, plan=None) -> dict:
-    content, calls = answer_and_calls(result, plan) if plan is not None else (result.answer, [])
+def message_of(result: StrategyResult, visibility: str, plan=None, salt: str = "") -> dict:
+    content, calls = answer_and_calls(result, plan, salt) if plan is not None else (result.answer, [])
     msg: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         msg["tool_calls"] = calls
@@ -81,7 +81,7 @@ def completion_body(outcome: "Outcome") -> dict:
     for i, r in enumerate(outcome.results):
         choices.append({
             "index": i,
-            "message": (message := message_of(r, outcome.plan.visibility, outcome.plan)),
+            "message": (message := message_of(r, outcome.plan.visibility, outcome.plan, f"{outcome.id}/{i}")),
             "finish_reason": "tool_calls" if message.get("tool_calls") else finish_of(r.chosen.finish_reason),
             "logprobs": logprobs_of(r) if outcome.plan.logprobs else None,
         })

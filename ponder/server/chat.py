@@ -190,7 +190,7 @@ class ChatStream:
             return self.emit(ev.index, reasoning_content=ev.text + "\n",
                              ponder={"summary": {"text": ev.text, "thinking_tokens": ev.thinking_tokens}})
         if isinstance(ev, ChoiceEnd):
-            calls = answer_and_calls(ev.result, self.run.plan)[1]
+            calls = answer_and_calls(ev.result, self.run.plan, f"{self.run.id}/{ev.index}")[1]
             out = self.emit(ev.index, tool_calls=[{"index": k, **c} for k, c in enumerate(calls)]) if calls else b""
             return out + self.emit(ev.index, finish_reason="tool_calls" if calls
                                    else finish_of(ev.result.chosen.finish_reason))

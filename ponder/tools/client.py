@@ -12,15 +12,17 @@ upstream gets them as structured messages.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import uuid
 from dataclasses import replace
 from typing import Any, Sequence
 
 from ponder.types import Message
 
-_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+#: strict=False: a grammar-made string may hold a raw newline, which strict JSON refuses
+_DECODER = json.JSONDecoder(strict=False)
 
 
 def tools_prompt(tools: Sequence[dict], tool_choice: Any) -> str:
@@ -47,25 +49,53 @@ def render_call(name: str, arguments: Any) -> str:
     return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
 
 
-def split_calls(answer: str, names: Sequence[str]) -> tuple[str | None, list[dict]]:
-    """(content left over or None, OpenAI tool_calls) of an answer; calls to unknown functions stay text."""
+def split_calls(answer: str, names: Sequence[str], *, salt: str = "") -> tuple[str | None, list[dict]]:
+    """(content left over or None, OpenAI tool_calls) of an answer; calls to unknown functions stay text.
+
+    A call's JSON is read with a JSON decoder, so a ``</tool_call>`` inside one of its strings does not end it.
+    With a ``salt`` (the request id) the call ids are stable: the same answer split twice names its calls alike.
+    """
     calls: list[dict] = []
+    rest: list[str] = []
+    pos = 0
+    while (start := answer.find(_OPEN, pos)) >= 0:
+        parsed = _read_call(answer, start)
+        if parsed is None:
+            rest.append(answer[pos:start + len(_OPEN)])
+            pos = start + len(_OPEN)
+            continue
+        obj, end = parsed
+        if obj.get("name") not in names:
+            rest.append(answer[pos:end])
+        else:
+            rest.append(answer[pos:start])
+            block = answer[start:end]
+            cid = hashlib.sha256(f"{salt}|{len(calls)}|{block}".encode()).hexdigest()[:24] if salt \
+                else uuid.uuid4().hex[:24]
+            args = obj.get("arguments", {})
+            calls.append({"id": f"call_{cid}", "type": "function",
+                          "function": {"name": obj["name"],
+                                       "arguments": args if isinstance(args, str) else json.dumps(args)}})
+        pos = end
+    rest.append(answer[pos:])
+    text = "".join(rest).strip()
+    return (text or None), calls
 
-    def take(m: re.Match) -> str:
-        try:
-            obj = json.loads(m.group(1))
-        except ValueError:
-            return m.group(0)
-        if not isinstance(obj, dict) or obj.get("name") not in names:
-            return m.group(0)
-        args = obj.get("arguments", {})
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": obj["name"],
-                                   "arguments": args if isinstance(args, str) else json.dumps(args)}})
-        return ""
 
-    rest = _CALL.sub(take, answer).strip()
-    return (rest or None), calls
+def _read_call(answer: str, start: int) -> tuple[dict, int] | None:
+    """The call object after ``<tool_call>`` at ``start`` and the index past its ``</tool_call>``, or None."""
+    i = start + len(_OPEN)
+    while i < len(answer) and answer[i].isspace():
+        i += 1
+    try:
+        obj, j = _DECODER.raw_decode(answer, i)
+    except ValueError:
+        return None
+    while j < len(answer) and answer[j].isspace():
+        j += 1
+    if not isinstance(obj, dict) or not answer.startswith(_CLOSE, j):
+        return None
+    return obj, j + len(_CLOSE)
 
 
 def as_text_turns(messages: Sequence[Message]) -> list[Message]:
