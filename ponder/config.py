@@ -20,13 +20,13 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ponder.config_base import _Strict, _word
-from ponder.config_ops import AuthConfig, CacheConfig, KeyConfig, KeyLimits, LedgerConfig, StateConfig
+from ponder.config_ops import AuthConfig, CacheConfig, ConversationsConfig, KeyConfig, KeyLimits, LedgerConfig, StateConfig
 from ponder.errors import ConfigError
 from ponder.thinking.budget import DEFAULT_EFFORTS, DEFAULT_MAX_BUDGET, EffortTable
 from ponder.thinking.machine import LoopGuardSettings
 
 
-__all__ = ["AuthConfig", "CacheConfig", "KeyConfig", "KeyLimits", "LaneConfig", "LedgerConfig", "PonderConfig",
+__all__ = ["AuthConfig", "CacheConfig", "ConversationsConfig", "KeyConfig", "KeyLimits", "LaneConfig", "LedgerConfig", "PonderConfig",
            "Prices", "ServerConfig", "SheddingConfig", "StateConfig", "ThinkingConfig", "ToolsConfig", "config_from_dict",
            "load_config"]
 
@@ -248,6 +248,7 @@ class PonderConfig(_Strict):
     state: StateConfig = StateConfig()
     ledger: LedgerConfig = LedgerConfig()
     cache: CacheConfig = CacheConfig()
+    conversations: ConversationsConfig = ConversationsConfig()
 
     @field_validator("policy", mode="before")
     @classmethod

@@ -100,3 +100,14 @@ class CacheConfig(_Strict):
     max_entries: int = Field(10_000, ge=1)
     #: also cache requests with temperature > 0 and no seed
     nondeterministic: bool = False
+
+
+class ConversationsConfig(_Strict):
+    """Stored responses for the Responses API's ``previous_response_id`` (in the state store, per key)."""
+
+    #: a stored conversation is forgotten after this (OpenAI keeps responses 30 days)
+    ttl_s: float = Field(30 * 86400.0, gt=0)
+    #: most conversations kept in memory (``state.url: memory://``); Redis expires them by TTL alone
+    max_entries: int = Field(10_000, ge=1)
+    #: most messages one stored conversation may hold (older turns are dropped first)
+    max_messages: int = Field(256, ge=2)

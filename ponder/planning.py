@@ -192,6 +192,7 @@ def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict,
     return Sampling(
         temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
         top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
+        **({"top_k": req.top_k} if req.top_k is not None else {}),
         seed=req.seed, stop=req.stop, max_answer_tokens=answer_tokens, top_logprobs=req.top_logprobs,
         grammar=call_grammar or sampling_format(req, lane)[0],
     )

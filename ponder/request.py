@@ -52,6 +52,7 @@ class PonderRequest:
     answer_tokens_field: str = "max_tokens"
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     #: independent choices

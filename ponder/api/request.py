@@ -260,20 +260,27 @@ def parse_request(body: Any) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
-        # a field of a union type reports each alternative; name the field, not the alternative
-        loc = _trim_union(loc)
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        else:
-            msg = err["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"{loc}: {msg}" if loc else msg, param=loc or None) from None
+        raise validation_error(exc) from None
+
+
+def validation_error(exc: Exception) -> InvalidRequest:
+    """A pydantic validation error as one 400 naming the field (any API's request model)."""
+    if isinstance(exc, InvalidRequest):
+        return exc
+    if not isinstance(exc, ValidationError):
+        return InvalidRequest(str(exc))
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+    # a field of a union type reports each alternative; name the field, not the alternative
+    loc = _trim_union(loc)
+    msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    return InvalidRequest(f"{loc}: {msg}" if loc else msg, param=loc or None)
 
 
 def _trim_union(loc: str) -> str:
     parts = [p for p in loc.split(".") if p not in ("str", "list[ContentPart]", "dict[str,any]", "list[str]",
-                                                    "int", "float", "bool", "constrained-str")]
+                                                    "int", "float", "bool", "constrained-str",
+                                                    "list[dict[str,any]]")]
     return ".".join(p for p in parts if not p.startswith("literal[") and not p.startswith("function-"))
 
 

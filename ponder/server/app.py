@@ -24,6 +24,8 @@ from ponder.errors import NotFound, PonderError, internal_error
 from ponder.server import info
 from ponder.server.chat import chat_route
 from ponder.server.gateway import Gateway
+from ponder.server.messages import messages_route
+from ponder.server.responses import responses_route
 from ponder.service import Ponder
 
 log = logging.getLogger("ponder.server")
@@ -46,6 +48,8 @@ def create_app(service: Ponder, *, tenancy=None) -> FastAPI:
     # a plain Starlette route: FastAPI's parameter machinery has nothing to do here (ponder parses the body
     # itself, with its limits) and costs time on the hot path; /openapi.json documents it all the same
     app.router.routes.insert(0, Route("/v1/chat/completions", chat_route(gw), methods=["POST"]))
+    app.router.routes.insert(1, Route("/v1/responses", responses_route(gw), methods=["POST"]))
+    app.router.routes.insert(2, Route("/v1/messages", messages_route(gw), methods=["POST"]))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

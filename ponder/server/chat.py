@@ -17,7 +17,6 @@ its events into SSE chunks or one JSON body.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -27,13 +26,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
 from ponder.api.request import parse_body
+from ponder.request import PonderRequest
 from ponder.api.response import chunk, completion_body, finish_of, ponder_block
-from ponder.errors import PonderError, ShuttingDown
 from ponder.outcome import ChoiceEnd, Delta, Ended, Outcome, SummaryEvent, answer_and_calls
 from ponder.run import Run
 from ponder.server.gateway import Gateway
-from ponder.server.http import SSEResponse, header_seconds, read_body, watch_disconnect
-from ponder.types import CancelToken
+from ponder.server.flow import failed_before_content, first_event, next_event, outcome_of, start
+from ponder.server.http import SSEResponse, header_seconds
 
 
 def chat_route(gw: Gateway):
@@ -43,77 +42,33 @@ def chat_route(gw: Gateway):
 
 
 async def handle(gw: Gateway, request: Request) -> Response:
-    t0 = time.perf_counter()
-    rid = "chatcmpl-" + uuid.uuid4().hex[:24]
-    lane_label, key_name, server = "unknown", None, gw.server
-    try:
-        if gw.draining:
-            raise ShuttingDown("the gateway is shutting down; retry on another replica")
-        principal = await gw.tenancy.authenticate(request.headers) if gw.tenancy is not None else None
-        key_name = principal.name if principal is not None else None
-        raw = await read_body(request, server.max_body_bytes)
+    server = gw.server
+    holder: dict = {}
+
+    async def parse(raw: bytes, principal, headers) -> PonderRequest:
         chat = parse_body(raw, max_bytes=server.max_body_bytes, max_depth=server.max_json_depth,
                           max_messages=server.max_messages, max_message_chars=server.max_message_chars)
-        cap = header_seconds(request.headers.get("x-ponder-deadline-s"), "x-ponder-deadline-s")
-        plan = await gw.service.prepare(chat.to_ponder(deadline_cap_s=cap))
-        lane_label = plan.lane.name
-        if gw.tenancy is not None and principal is not None:
-            plan = gw.tenancy.apply_limits(principal, plan)
-        ticket = await gw.gate.admit(plan, principal)
-    except PonderError as exc:
-        gw.metrics.refused(lane_label, exc.status, exc.code, key_name)
-        gw.log_access(rid, key_name, lane_label, exc.status, None, time.perf_counter() - t0, exc.code)
-        raise
+        holder["include_usage"] = chat.include_usage
+        cap = header_seconds(headers.get("x-ponder-deadline-s"), "x-ponder-deadline-s")
+        return chat.to_ponder(deadline_cap_s=cap)
 
-    async def on_end(outcome: Outcome) -> None:
-        await ticket.release(outcome)
-        gw.runs.pop(rid, None)
-        gw.log_access(rid, key_name, outcome.lane, outcome.status, outcome, outcome.timings.total_s,
-                      outcome.error.code if outcome.error else None)
-
-    run = gw.service.run(ticket.plan, request_id=rid, key=key_name, cancel=CancelToken(), on_end=on_end,
-                         stream=chat.stream, started=t0)
-    task = asyncio.ensure_future(run.execute())
-    gw.runs[rid] = (run, task)
-    headers = dict(ticket.headers)
-    if chat.stream:
-        return await _stream(gw, run, chat.include_usage, headers)
-    return await _collect(request, run, task, headers)
-
-
-async def _collect(request: Request, run: Run, task: asyncio.Task, headers: dict) -> Response:
-    watcher = asyncio.ensure_future(watch_disconnect(request, run.cancel))
-    try:
-        outcome = await asyncio.shield(task)
-    finally:
-        watcher.cancel()
-    if outcome.status == 499:
-        return Response(status_code=499)
-    if outcome.error is not None:
-        return JSONResponse(outcome.error.to_openai(), status_code=outcome.status,
-                            headers={**headers, **outcome.error.headers()})
-    return JSONResponse(completion_body(outcome), headers=headers or None)
-
-
-async def _stream(gw: Gateway, run: Run, include_usage: bool, headers: dict) -> Response:
-    # hold the headers until the first event, so a request that fails before its first token gets a real
-    # status code (and may still fall back): briefly on an engine ponder schedules, whose progress chunks
-    # matter, up to the lane's own deadline on an upstream
-    backend = gw.service.cached_backend(run.plan.lane)
-    wait = gw.server.first_byte_wait_s if backend is None or backend.info.max_sequences else \
-        run.plan.lane.timeout_s + 1.0
-    if run.deadline is not None:
-        wait = min(wait, max(0.0, run.deadline.left()) + gw.server.answer_grace_s + 2.0)
-    first = None
-    try:
-        first = await asyncio.wait_for(run.events.get(), timeout=wait)
-    except asyncio.TimeoutError:
-        pass
-    if isinstance(first, Ended) and first.outcome.error is not None and not run.sent_content:
-        o = first.outcome
-        return JSONResponse(o.error.to_openai(), status_code=o.status, headers={**headers, **o.error.headers()})
-    chunks = ChatStream(run, gw.service.cached_backend(run.plan.lane), gw.server.progress_interval_s,
-                        include_usage).chunks(first)
+    started = await start(gw, request, "chatcmpl-" + uuid.uuid4().hex[:24], parse)
+    run, headers = started.run, started.headers
+    if not started.request.stream:
+        outcome = await outcome_of(request, started)
+        if outcome.status == 499:
+            return Response(status_code=499)
+        if outcome.error is not None:
+            return JSONResponse(outcome.error.to_openai(), status_code=outcome.status,
+                                headers={**headers, **outcome.error.headers()})
+        return JSONResponse(completion_body(outcome), headers=headers or None)
+    first = await first_event(gw, run)
+    failed = failed_before_content(run, first)
+    if failed is not None:
+        return JSONResponse(failed.error.to_openai(), status_code=failed.status,
+                            headers={**headers, **failed.error.headers()})
+    chunks = ChatStream(run, gw.service.cached_backend(run.plan.lane), server.progress_interval_s,
+                        holder["include_usage"]).chunks(first)
     return SSEResponse(chunks, run.cancel, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
 
@@ -151,17 +106,11 @@ class ChatStream:
             yield self.emit(0, content="")
             pending = [first] if first is not None else []
             while True:
-                if pending:
-                    ev = pending.pop(0)
-                elif not run.events.empty():
-                    ev = run.events.get_nowait()  # the common case: no timer, no task
-                else:
-                    try:
-                        ev = await asyncio.wait_for(run.events.get(), self.interval)
-                    except asyncio.TimeoutError:
-                        if not self.show:
-                            yield self.progress()
-                        continue
+                ev = await next_event(run, pending, self.interval)
+                if ev is None:
+                    if not self.show:
+                        yield self.progress()
+                    continue
                 if isinstance(ev, Ended):
                     ended = True
                     for line in self.end(ev.outcome):

@@ -35,6 +35,8 @@ class Gateway:
         self.runs: dict[str, tuple[Run, asyncio.Task]] = {}
         self.draining = False
         self._drain_task: asyncio.Task | None = None
+        #: what route groups opened and the lifespan closes (conversation stores)
+        self.closers: list = []
 
     async def drain(self) -> None:
         """Stop taking requests; give in-flight ones ``server.drain_s``; cancel the rest (still accounted)."""
@@ -62,6 +64,8 @@ class Gateway:
             await self.drain()
         if self.tenancy is not None:
             await self.tenancy.aclose()
+        for close in self.closers:
+            await close()
         await self.service.aclose()
 
     def log_access(self, rid: str, key: str | None, lane: str, status: int, outcome: Outcome | None,
