@@ -120,3 +120,54 @@ def test_the_embedded_model_sees_the_functions_and_the_tool_turns(tiny_backend):
     assert "<tool_response>\n21 C\n</tool_response>" in prompt
     turns = as_text_turns([Message("tool", "a"), Message("tool", "b")])
     assert len(turns) == 1 and turns[0].role == "user" and turns[0].content.count("<tool_response>") == 2
+
+
+# -- forced calls on the embedded default: a grammar makes them certain ---------------------------------
+
+FORCED_TOOLS = [
+    {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+    {"type": "function", "function": {"name": "get_weather", "description": "Current temperature in a city",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"]}}}]
+TYPES = {"integer": int, "string": str}
+
+
+def schema_valid(args: dict, schema: dict) -> bool:
+    props = schema["properties"]
+    return set(schema["required"]) <= set(args) <= set(props) and \
+        all(isinstance(v, TYPES[props[k]["type"]]) and not isinstance(v, bool) for k, v in args.items())
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    g = Gateway({"policy": "off", "ledger": {"url": "off"}, "server": {"access_log": False},
+                 "lanes": [{"name": "default", "n_ctx": 2048}]}, tmp_path_factory.mktemp("forced"))
+    yield openai.OpenAI(base_url=g.base_url, api_key="x", max_retries=0)
+    g.stop()
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("choice, expect", [
+    ("required", {"add", "get_weather"}),
+    ({"type": "function", "function": {"name": "get_weather"}}, {"get_weather"}),
+])
+def test_forced_tool_choice_always_returns_a_valid_call(embedded, choice, expect):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(seed: int):
+        return embedded.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "What is 17 + 25?"}], tools=FORCED_TOOLS,
+            tool_choice=choice, seed=seed, temperature=0.8, max_tokens=96, extra_body={"max_thinking_tokens": 32})
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(ask, range(20)))
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in FORCED_TOOLS}
+    good = 0
+    for r in replies:
+        ch = r.choices[0]
+        calls = ch.message.tool_calls or []
+        if ch.finish_reason == "tool_calls" and len(calls) == 1 and calls[0].function.name in expect and \
+                schema_valid(json.loads(calls[0].function.arguments), schemas[calls[0].function.name]):
+            good += 1
+    assert good == 20
