@@ -19,7 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from ponder import __version__
+from ponder.api.messages import MessagesRequest
 from ponder.api.request import ChatCompletionRequest
+from ponder.api.responses import ResponsesRequest
 from ponder.errors import NotFound, PonderError, internal_error
 from ponder.server import info
 from ponder.server.chat import chat_route
@@ -79,23 +81,34 @@ def _openapi(app: FastAPI) -> dict:
         from fastapi.openapi.utils import get_openapi
 
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        body = _openapi_body()
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("x-components"))
-        schema.setdefault("paths", {})["/v1/chat/completions"] = {"post": {
-            "summary": "Create a chat completion (OpenAI-compatible, with ponder's extensions)",
-            "operationId": "chat_completions", **body,
-            "responses": {"200": {"description": "a chat.completion, or an SSE stream of chunks",
-                                  "content": {"application/json": {"schema": {"type": "object"}},
-                                              "text/event-stream": {"schema": {"type": "string"}}}},
-                          "4XX": {"description": "an OpenAI error body"},
-                          "5XX": {"description": "an OpenAI error body"}}}}
+        for path, (model, op, summary, what, errors) in _BODIES.items():
+            body = _openapi_body(model)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body.pop("x-components"))
+            schema.setdefault("paths", {})[path] = {"post": {
+                "summary": summary, "operationId": op, **body,
+                "responses": {"200": {"description": f"{what}, or an SSE stream of events",
+                                      "content": {"application/json": {"schema": {"type": "object"}},
+                                                  "text/event-stream": {"schema": {"type": "string"}}}},
+                              "4XX": {"description": errors}, "5XX": {"description": errors}}}}
         app.openapi_schema = schema
     return app.openapi_schema
 
 
-def _openapi_body() -> dict:
-    """The request body of /v1/chat/completions for /openapi.json (ponder parses the body itself)."""
-    schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+#: the bodies ponder parses itself (with its limits), documented in /openapi.json all the same
+_BODIES = {
+    "/v1/chat/completions": (ChatCompletionRequest, "chat_completions",
+                             "Create a chat completion (OpenAI-compatible, with ponder's extensions)",
+                             "a chat.completion", "an OpenAI error body"),
+    "/v1/responses": (ResponsesRequest, "responses", "Create a response (OpenAI's Responses API)",
+                      "a response object", "an OpenAI error body"),
+    "/v1/messages": (MessagesRequest, "messages", "Create a message (Anthropic's Messages API)",
+                     "a message object", "an Anthropic error body"),
+}
+
+
+def _openapi_body(model) -> dict:
+    """A request body for /openapi.json (ponder parses the body itself)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
             "x-components": defs}
