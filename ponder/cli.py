@@ -365,12 +365,13 @@ def strategies_cmd(as_json: bool) -> None:
     infos = [REGISTRY[name].info for name in sorted(REGISTRY)]
     if as_json:
         click.echo(json.dumps([{"name": i.name, "description": i.description, "count_param": i.count_param,
-                                "needs_embedded_engine": i.needs_text, "parameters": i.parameters()}
+                                "needs": ["text_completion"] if i.needs_text else [], "parameters": i.parameters()}
                                for i in infos], indent=2, default=str))
         return
     for i in infos:
         click.secho(i.name, bold=True, nl=False)
-        click.echo(f"  {i.description}" + ("  [embedded engine only]" if i.needs_text else ""))
+        click.echo(f"  {i.description}" + ("  [needs text_completion: the embedded engine or llama-server]"
+                                           if i.needs_text else ""))
         for p in i.parameters():
             rng = f"  ({p['range']})" if p["range"] else ""
             click.echo(f"    {p['name']}={p['default']!r}: {p['help']}{rng}")

@@ -78,6 +78,9 @@ class LaneConfig(_Strict):
     no_think_body: dict = Field(default_factory=dict)
     #: the upstream accepts ``response_format`` (structured output) as OpenAI defines it
     response_format: bool = True
+    #: ``auto``: at start-up ask the engine what it offers (llama-server's raw completions make every strategy,
+    #: exact thinking control and tools inside the thinking available); ``chat``: a chat API only, never probed
+    capabilities: Literal["auto", "chat"] = "auto"
     #: tokens one sequence may hold (the embedded engine's per-request context)
     n_ctx: int = Field(4096, ge=256)
     #: KV cells shared by all sequences of the embedded engine (default 4 x n_ctx)

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ponder.backends.base import CONTROL_SLACK, Backend
 from ponder.backends.pool import EnginePool
-from ponder.backends.registry import build_backend, lane_has
+from ponder.backends.registry import build_backend, lane_has, unprobed
 from ponder.config import LaneConfig, PonderConfig
 from ponder.errors import ConfigError, ContextOverflow, InvalidRequest, PonderError
 from ponder.ledger import Ledger, open_ledger
@@ -105,6 +105,8 @@ class Ponder:
         The prompt is rendered and tokenized here, once, and carried on the
         plan to every sample that uses it.
         """
+        for lane in unprobed(self.config.lanes):  # an upstream's capabilities decide what may be planned on it
+            await self.engines.get_async(lane)
         score = None
         if self.policy is not None and self.policy.router == "llm" and self.router is not None \
                 and is_auto(self.config, req.lane or req.model):
@@ -116,6 +118,7 @@ class Ponder:
 
     def prepare_sync(self, req: PonderRequest) -> Plan:
         """:meth:`prepare` for synchronous callers (the lab, distillation, tests): no llm router."""
+        self.probe()
         plan = plan_request(req, self.config, policy=self.policy, router=self.router)
         escalation = self.engines.get(plan.escalation.lane) if plan.escalation is not None else None
         return self._fit(plan, self.engines.get(plan.lane), escalation)
@@ -170,6 +173,11 @@ class Ponder:
         return replace(plan, budget=budget, sampling=replace(plan.sampling, max_answer_tokens=new_answer),
                        clamped=clamped)
 
+    def probe(self) -> None:
+        """Build the engines of lanes that learn their capabilities from them (start-up; blocking)."""
+        for lane in unprobed(self.config.lanes):
+            self.engines.get(lane)
+
     def validate(self) -> None:
         """Plan every lane at every effort tier, every policy band, and every lane's strategy once, at start-up.
 
@@ -177,6 +185,7 @@ class Ponder:
         ``max_budget`` is an error naming the config key, not a 400 blamed on
         the first client.
         """
+        self.probe()
         probe = (Message("user", "probe"),)
         for i, lane in enumerate(self.config.lanes):
             if lane.tools.enabled and not lane_has(lane, "builtin_tools"):

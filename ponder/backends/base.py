@@ -184,6 +184,17 @@ class Backend(abc.ABC):
         """Sequences running and waiting (embedded engines); empty for remote ones."""
         return {}
 
+    def capabilities(self) -> frozenset[str]:
+        """What this engine turned out to offer (see :mod:`ponder.backends.registry`)."""
+        caps = set()
+        if self.info.text_completion:
+            caps |= {"text_completion", "builtin_tools"}
+        if self.info.grammar:
+            caps.add("grammar")
+        if self.info.response_format:
+            caps.add("response_format")
+        return frozenset(caps)
+
     async def aclose(self) -> None:
         """Release engine resources (the lifespan hook calls this)."""
 

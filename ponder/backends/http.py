@@ -194,7 +194,8 @@ class HttpPool:
         head = (f"POST {self.prefix}{path} HTTP/1.1\r\n{self._head}Content-Type: application/json\r\n"
                 f"Accept: {accept}\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
         for attempt in range(2):
-            conn = self._idle.popleft() if self._idle else await self._connect()
+            # a retry goes to a fresh connection: the other idle ones are likely as stale as the first
+            conn = self._idle.popleft() if self._idle and attempt == 0 else await self._connect()
             reused = conn.used
             resp = Response(self, conn)
             try:
@@ -205,7 +206,9 @@ class HttpPool:
             except (ConnectionCut, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 if reused and not resp._got_bytes and attempt == 0:
-                    continue  # the server closed this idle connection: once more on a fresh one
+                    while self._idle:  # the server closed this idle connection; drop the others of its age
+                        self._idle.popleft().close()
+                    continue  # once more on a fresh one
                 raise ConnectionCut(str(exc)) from None
             except BaseException:
                 conn.close()

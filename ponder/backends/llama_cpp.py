@@ -293,6 +293,11 @@ class _Formatter:
         return result.prompt
 
 
+def template_formatter(template: str, bos: str = "", eos: str = "", add_bos: bool = False) -> _Formatter:
+    """A renderer of a model's own chat template (the embedded engine's, or one an upstream publishes)."""
+    return _Formatter(template or _CHATML, bos, eos, add_bos)
+
+
 def _make_formatter(engine: Engine, template: str) -> _Formatter:
     model = engine.model
     eos_id, bos_id = model.token_eos(), model.token_bos()

@@ -14,7 +14,7 @@ import threading
 from typing import Any, Callable
 
 from ponder.backends.base import Backend
-from ponder.backends.registry import build_backend
+from ponder.backends.registry import build_backend, record_probe
 
 #: lane settings that do not make a different engine
 _PER_REQUEST_SETTINGS = {"name", "effort", "strategy", "params", "answer_tokens", "prices", "fallbacks", "retries",
@@ -46,6 +46,7 @@ class EnginePool:
                 if key not in self._by_key:
                     self._by_key[key] = self._factory(lane)
                 self._by_lane[lane.name] = self._by_key[key]
+                record_probe(lane, self._by_lane[lane.name])
             return self._by_lane[lane.name]
 
     async def get_async(self, lane: Any) -> Backend:

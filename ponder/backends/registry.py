@@ -42,9 +42,13 @@ class BackendKind:
     check: Callable[[Any], str | None] = lambda lane: None
     #: capabilities a particular lane adds by its own settings
     lane_capabilities: Callable[[Any], frozenset[str]] = field(default=lambda lane: frozenset())
+    #: does a lane of this kind learn its capabilities from its engine (``capabilities: auto``)?
+    probes: Callable[[Any], bool] = field(default=lambda lane: False)
 
 
 KINDS: dict[str, BackendKind] = {}
+#: what probed engines turned out to offer, by lane name (filled when a probing lane's engine is built)
+PROBED: dict[str, frozenset[str]] = {}
 
 
 def register_backend(kind: BackendKind) -> BackendKind:
@@ -66,7 +70,18 @@ def kind_of(lane: Any) -> BackendKind:
 
 def capabilities(lane: Any) -> frozenset[str]:
     kind = kind_of(lane)
-    return kind.capabilities | kind.lane_capabilities(lane)
+    return kind.capabilities | kind.lane_capabilities(lane) | PROBED.get(lane.name, frozenset())
+
+
+def record_probe(lane: Any, backend: Backend) -> None:
+    """Remember what a probing lane's engine offers (planning asks :func:`lane_has`)."""
+    if kind_of(lane).probes(lane):
+        PROBED[lane.name] = backend.capabilities()
+
+
+def unprobed(lanes: Any) -> list:
+    """The lanes whose engines must be built before their capabilities are known."""
+    return [lane for lane in lanes if kind_of(lane).probes(lane) and lane.name not in PROBED]
 
 
 def lane_has(lane: Any, capability: str) -> bool:
@@ -120,6 +135,12 @@ register_backend(BackendKind(
 def _build_openai(lane: Any) -> Backend:
     from ponder.backends.openai_compat import OpenAICompatBackend
 
+    if lane.capabilities == "auto":
+        from ponder.backends.probe import text_engine_or_none
+
+        engine = text_engine_or_none(lane)
+        if engine is not None:
+            return engine
     return OpenAICompatBackend.from_lane(lane)
 
 
@@ -130,4 +151,5 @@ register_backend(BackendKind(
     provenance=lambda lane: {"backend": lane.backend, "base_url": lane.base_url, "model": lane.upstream_model},
     check=lambda lane: None if lane.base_url else f"backend {lane.backend!r} needs base_url",
     lane_capabilities=lambda lane: frozenset({"response_format"}) if lane.response_format else frozenset(),
+    probes=lambda lane: lane.capabilities == "auto",
 ))

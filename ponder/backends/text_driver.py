@@ -1,0 +1,130 @@
+"""The thinking machine over streamed completions of an upstream engine (see :mod:`ponder.backends.text_engine`).
+
+One loop per sample: stream a completion of ``prompt + machine.text``; feed
+every piece to the machine; when it decides to rewrite (close a capped
+thinking, add ``Wait,``, insert a tool's result) the stream is closed and the
+next call continues the rewritten text — the engine's prefix cache holds the
+part it has already evaluated.  The answer phase carries the request's
+grammar.  Deadlines and cancellation stop it between pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from ponder.backends.base import CONTROL_SLACK, SampleSpec, prompt_key
+from ponder.backends.http import ConnectFailed, ConnectionCut
+from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
+from ponder.thinking import control
+from ponder.thinking.decisions import Decision
+from ponder.thinking.machine import Event
+from ponder.types import Deadline, Generation, Usage
+
+log = logging.getLogger("ponder.upstream")
+
+
+async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None] | None) -> Generation:
+    clock = control.Clock()
+
+    def emit(e: Event) -> None:
+        clock.saw(e)
+        if on_event is not None:
+            on_event(e)
+
+    note = spec.tools_note()
+    p = spec.prompt
+    if spec.given_thinking is None and p is not None and p.text is not None and \
+            p.key == prompt_key(spec.messages, spec.budget, note):
+        base = p.text
+    else:
+        base = control.raw_prompt(backend, spec.messages, spec.budget, spec.given_thinking, note)
+    m = control.new_machine(spec, cue_tokens=backend.count_tokens, on_event=emit)
+    usage, tools, deadline = Usage(), [], spec.deadline
+    room = (0 if spec.given_thinking is not None else spec.budget.max_tokens) + spec.sampling.max_answer_tokens \
+        + CONTROL_SLACK
+    first = True
+    while m.phase != "done":
+        if spec.cancel.cancelled:
+            m.interrupt("cancelled")
+            break
+        grammar = spec.sampling.grammar if m.phase == "answer" else None
+        n_probs = max(spec.sampling.top_logprobs, 5 if spec.monitor is not None else 0)
+        left = room - m.used - m.answer_tokens
+        if left <= 0:
+            m.interrupt("context")
+            break
+        body = backend.dialect.completion_body(base + m.text, max_tokens=left, sampling=spec.sampling,
+                                               stop=(), n_probs=n_probs, grammar=grammar, stream=True)
+        decision, end = await _stream(backend, body, m, spec, deadline)
+        if first:
+            usage.prompt_tokens = end.prompt_tokens or backend.count_tokens(base)
+            usage.cached_prompt_tokens = min(end.cached_tokens, usage.prompt_tokens)
+            first = False
+        if decision is None:  # the engine ended the call itself
+            decision = m.end_of_turn() if end.reason in ("stop", "word") else m.interrupt("context")
+        if decision.kind == "tool":
+            decision = await _run_tool(backend, spec, m, decision, tools, usage)
+        if decision.kind == "rewrite" and m.report.stopped == "deadline" and deadline is not None:
+            deadline = Deadline(time.monotonic() + spec.answer_grace_s)  # the answer still gets its grace
+        if decision.kind == "stop":
+            break
+    finish = "cancelled" if spec.cancel.cancelled and m.finish is None else None
+    return control.generation_of(m, usage, clock, finish=finish, tools=tools)
+
+
+async def _run_tool(backend: Any, spec: SampleSpec, m: Any, d: Decision, tools: list, usage: Usage) -> Decision:
+    result, record = await spec.tools.call(d.payload, depth=len(tools))
+    tools.append(record)
+    usage.tool_tokens += backend.count_tokens(result)
+    return m.tool_result(result, answer_now=spec.tools.exhausted(len(tools)))
+
+
+async def _stream(backend: Any, body: dict, m: Any, spec: SampleSpec, deadline: Deadline | None):
+    """Stream one completion into the machine: (the machine's decision that ended it or None, how it ended)."""
+    from ponder.backends.text_engine import CallEnd
+
+    end = CallEnd()
+    limit = backend.timeout_s if deadline is None else min(backend.timeout_s, max(0.05, deadline.left() + 1.0))
+    try:
+        async with asyncio.timeout(limit):
+            resp = await backend._root_pool().post_json("/completion", body)
+            async with resp:
+                if resp.status >= 400:
+                    raise await backend._http_error(resp)
+                async for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    obj = json.loads(line[5:].strip())
+                    if obj.get("stop"):
+                        end = backend.dialect.end(obj)
+                        piece = backend.dialect.piece(obj)
+                        if piece is None or not piece.text:
+                            return None, end
+                    piece = backend.dialect.piece(obj)
+                    if piece is None:
+                        continue
+                    d = m.feed(piece.text, piece.tokens, piece.logprob)
+                    if d.kind != "continue":
+                        return d, end  # leaving the block closes the connection: the engine stops this call
+                    if spec.cancel.cancelled:
+                        return m.interrupt("cancelled"), end
+                    if deadline is not None and deadline.passed:
+                        return m.interrupt("deadline"), end
+                    if obj.get("stop"):
+                        return None, end
+        return None, end
+    except TimeoutError:
+        if deadline is not None and deadline.passed:
+            return m.interrupt("deadline"), end
+        raise UpstreamTimeout(f"the upstream of lane {backend.name!r} did not finish within {limit:g}s") from None
+    except ConnectFailed:
+        raise UpstreamUnreachable(f"the upstream of lane {backend.name!r} is unreachable") from None
+    except ConnectionCut as exc:
+        log.warning("lane %s: %s", backend.name, exc)
+        raise BackendError(f"the upstream stream of lane {backend.name!r} was cut off") from None
+    except ValueError:
+        raise BackendError(f"the upstream of lane {backend.name!r} sent a malformed stream chunk") from None

@@ -1,0 +1,195 @@
+"""A self-hosted engine driven the way ponder drives its own: one text, continued token by token.
+
+Where an upstream offers raw completions (llama.cpp's ``llama-server``
+today; the dialect is the seam for vLLM and SGLang), ponder renders the
+model's own chat template itself and continues one text through think ->
+close -> answer with streamed completions.  The per-sequence thinking
+machine sees every token: a capped thinking is closed exactly at the cap,
+an early close is replaced by ``Wait,`` until the minimum, a tool call
+inside the thinking pauses the text while the tool runs.  Each rewrite is a
+new completion of the same text plus what changed, so the engine's prefix
+cache serves the part it has seen (``cache_prompt``); the answer phase gets
+the engine's own grammar for structured output and forced tool calls.
+
+Step-level search (``complete``) and model judges (``next_token_logprobs``)
+use the same endpoint, so beam, DVTS, MCTS and PRM scoring run here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ponder.backends.base import BackendInfo, Completion, Prompt, SampleSpec, prompt_key
+from ponder.backends.http import ConnectFailed, ConnectionCut
+from ponder.backends.openai_compat import OpenAICompatBackend, approx_tokens
+from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
+from ponder.thinking import control, prompts
+from ponder.thinking.machine import Event
+from ponder.types import CancelToken, Generation, Message, Sampling, TokenLogprob, Usage
+
+log = logging.getLogger("ponder.upstream")
+
+
+@dataclass
+class Piece:
+    """One streamed step of a completion: its text, tokens and their log-probability."""
+
+    text: str
+    tokens: int
+    logprob: TokenLogprob | None = None
+
+
+@dataclass
+class CallEnd:
+    """How a completion call ended, as the engine reports it."""
+
+    reason: str = "stop"  # stop (end of turn) | length | word (a stop string) | cancelled
+    stopping_word: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    predicted: int = 0
+
+
+class LlamaServerDialect:
+    """llama.cpp's ``llama-server``: ``/props`` for the template, native ``/completion`` and ``/tokenize``."""
+
+    name = "llama-server"
+
+    def completion_body(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str],
+                        n_probs: int, grammar: str | None, stream: bool, slot: int | None = None) -> dict:
+        body: dict[str, Any] = {"prompt": prompt, "n_predict": max(1, max_tokens), "stream": stream,
+                                "cache_prompt": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                                "top_k": sampling.top_k, "min_p": 0.0, "stop": list(stop), "return_tokens": True}
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if n_probs:
+            body["n_probs"] = n_probs
+        if grammar:
+            body["grammar"] = grammar
+        if slot is not None:
+            body["id_slot"] = slot
+        return body
+
+    def piece(self, obj: dict) -> Piece | None:
+        text = obj.get("content") or ""
+        tokens = len(obj.get("tokens") or ()) or (1 if text else 0)
+        lp = None
+        probs = obj.get("completion_probabilities") or []
+        if probs and isinstance(probs[0], dict) and "logprob" in probs[0]:
+            p = probs[0]
+            top = tuple((t.get("token", ""), float(t.get("logprob", 0.0))) for t in p.get("top_logprobs") or ())
+            lp = TokenLogprob(p.get("token", text), float(p["logprob"]), top)
+        return Piece(text, tokens, lp) if (text or tokens) else None
+
+    def end(self, obj: dict) -> CallEnd:
+        t = obj.get("timings") or {}
+        kind = obj.get("stop_type") or ("eos" if obj.get("stopped_eos") else "")
+        reason = {"eos": "stop", "limit": "length", "word": "word"}.get(kind, "stop")
+        return CallEnd(reason, obj.get("stopping_word") or None, int(obj.get("tokens_evaluated") or 0),
+                       int(t.get("cache_n") or obj.get("tokens_cached") or 0), int(obj.get("tokens_predicted") or 0))
+
+
+class TextEngineBackend(OpenAICompatBackend):
+    """An upstream engine with raw completions (see the module docstring); chat calls still work as a chat lane."""
+
+    def __init__(self, base_url: str, model: str, *, props: dict, name: str = "upstream", timeout_s: float = 120.0,
+                 max_connections: int = 64, api_key: str | None = None, reasoning_format: str = "think") -> None:
+        super().__init__(base_url, model, api_key=api_key, name=name, timeout_s=timeout_s,
+                         max_connections=max_connections, reasoning_format=reasoning_format)
+        from ponder.backends.llama_cpp import template_formatter
+
+        self.dialect = LlamaServerDialect()
+        template = props.get("chat_template") or ""
+        self._formatter = template_formatter(template, props.get("bos_token") or "", props.get("eos_token") or "")
+        gen = props.get("default_generation_settings") or {}
+        self.info = BackendInfo(name=name, model=model, text_completion=True,
+                                native_reasoning="<think>" in template, logprobs=True,
+                                context_length=int(gen.get("n_ctx") or props.get("n_ctx") or 0), grammar=True,
+                                reasoning_format=reasoning_format)
+        #: exact token counts of the few texts ponder injects (measured at start-up with the engine's tokenizer)
+        self.known_counts: dict[str, int] = dict(props.get("_counts") or {})
+        self.root = base_url.rstrip("/").removesuffix("/v1")
+
+    # -- text ------------------------------------------------------------------------------
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        return self._formatter(messages)
+
+    def count_tokens(self, text: str) -> int:
+        return self.known_counts.get(text) or approx_tokens(text)
+
+    def prepare_prompt(self, messages, budget, tools_note: str | None = None) -> Prompt:
+        text = control.raw_prompt(self, messages, budget, None, tools_note)
+        return Prompt(approx_tokens(text), prompt_key(messages, budget, tools_note), text)
+
+    # -- one sample: the machine over streamed completions -----------------------------------
+    async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:
+        from ponder.backends.text_driver import drive
+
+        return await drive(self, spec, on_event)
+
+    # -- raw continuations and judges ------------------------------------------------------------
+    async def complete(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str] = (),
+                       cancel: CancelToken | None = None) -> Completion:
+        body = self.dialect.completion_body(prompt, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                                            n_probs=0, grammar=None, stream=False)
+        obj = await self.post("/completion", body, cancel)
+        end = self.dialect.end(obj)
+        finish = {"word": "stop", "stop": "stop", "length": "length"}.get(end.reason, "stop")
+        return Completion(obj.get("content") or "", end.prompt_tokens, end.cached_tokens, end.predicted,
+                          end.stopping_word, finish)
+
+    async def next_token_logprobs(self, prompt: str, candidates: Sequence[str]) -> dict[str, float] | None:
+        ids = {c: await self.first_token(c) for c in candidates}
+        body = self.dialect.completion_body(prompt, max_tokens=1, sampling=Sampling(temperature=0.0), stop=(),
+                                            n_probs=50, grammar=None, stream=False)
+        body["post_sampling_probs"] = False
+        obj = await self.post("/completion", body, None)
+        top = ((obj.get("completion_probabilities") or [{}])[0] or {}).get("top_logprobs") or []
+        by_id = {int(t["id"]): float(t["logprob"]) for t in top if "id" in t and "logprob" in t}
+        return {c: by_id.get(i, float("-inf")) if i is not None else float("-inf") for c, i in ids.items()}
+
+    async def first_token(self, text: str) -> int | None:
+        obj = await self.post("/tokenize", {"content": text, "add_special": False}, None)
+        toks = obj.get("tokens") or []
+        return int(toks[0]) if toks else None
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    async def post(self, path: str, body: dict, cancel: CancelToken | None) -> dict:
+        """One non-streamed call to a native endpoint (``path`` from the server's root)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                resp = await self._root_pool().post_json(path, body, accept="application/json")
+                async with resp:
+                    if resp.status >= 400:
+                        raise await self._http_error(resp)
+                    return json.loads(await resp.read(16 << 20))
+        except TimeoutError:
+            raise UpstreamTimeout(f"the upstream of lane {self.name!r} did not answer within {self.timeout_s:g}s") \
+                from None
+        except ConnectFailed:
+            raise UpstreamUnreachable(f"the upstream of lane {self.name!r} is unreachable") from None
+        except (ConnectionCut, ValueError) as exc:
+            raise BackendError(f"the upstream of lane {self.name!r} sent a broken reply ({type(exc).__name__})") \
+                from None
+
+    def _root_pool(self):
+        from ponder.backends.http import HttpPool
+
+        loop = asyncio.get_running_loop()
+        key = ("root", id(loop))
+        p = self._pools.get(key)  # type: ignore[call-overload]
+        if p is None or p.closed:
+            p = HttpPool(self.root, self._headers, max_idle=self._max_idle)
+            self._pools[key] = p  # type: ignore[index]
+        return p
+
+
+def usage_of(prompt_tokens: int, cached: int) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, cached_prompt_tokens=min(cached, prompt_tokens))
+
+
+INJECTED = (prompts.CONTINUE_CUE, prompts.CLOSE_THINKING, prompts.ANSWER_CUE)

@@ -1,0 +1,89 @@
+"""An upstream lane on a real llama.cpp ``llama-server`` (the shipped tiny model): ponder probes it, renders the
+model's template itself and continues one text through think -> close -> answer, so thinking is exact to the
+token, minimums are kept with ``Wait,``, and every strategy runs there — the same as on the embedded engine."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from llama_server import LlamaServer, binary
+from servers import Gateway
+
+pytestmark = [pytest.mark.model,
+              pytest.mark.skipif(binary() is None, reason="llama-server is not built (make test builds it)")]
+
+Q = [{"role": "user", "content": "Explain step by step why the sky is blue."}]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    s = LlamaServer(tmp_path_factory.mktemp("llama-server"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, engine):
+    g = Gateway({"policy": "off", "ledger": {"url": "off"}, "server": {"access_log": False},
+                 "thinking": {"loop_guard": {"enabled": False}},
+                 "lanes": [{"name": "engine", "backend": "openai", "base_url": engine.url,
+                            "upstream_model": "smollm2", "retries": 0, "timeout_s": 120}]},
+                tmp_path_factory.mktemp("engines"))
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gw):
+    return openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
+
+
+def ask(client, **kw):
+    r = client.chat.completions.with_raw_response.create(model="engine", messages=kw.pop("messages", Q), **kw)
+    body = r.parse().model_dump()
+    return body, body["ponder"]
+
+
+def test_the_lane_learns_it_can_continue_text(gw):
+    import httpx
+
+    card = httpx.get(gw.url("/v1/models/engine")).json()
+    assert card["ponder"]["backend"] == "openai"
+    # beam needs raw continuation: refused on a chat lane, served here
+    body, p = ask(openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0), max_tokens=16,
+                  extra_body={"max_thinking_tokens": 32, "ponder": {"strategy": "beam",
+                                                                    "params": {"width": 2, "branch": 2,
+                                                                               "max_steps": 2}}})
+    assert p["strategy"] == "beam" and body["choices"][0]["message"]["content"] is not None
+
+
+def test_a_capped_request_thinks_exactly_the_cap_and_still_answers(client):
+    # a minimum equal to the cap keeps the model thinking until the cap cuts it, exactly there
+    body, p = ask(client, max_tokens=24, seed=3, extra_body={"max_thinking_tokens": 40, "min_thinking_tokens": 40})
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 40 == p["thinking"]["used"]
+    assert p["thinking"]["truncated"] and p["thinking"]["stopped"] == "budget"
+    assert body["choices"][0]["message"]["content"].strip()
+
+
+def test_a_minimum_is_kept_with_wait(client):
+    free, fp = ask(client, max_tokens=16, seed=5, temperature=0.0, extra_body={"max_thinking_tokens": 400})
+    body, p = ask(client, max_tokens=16, seed=5, temperature=0.0,
+                  extra_body={"max_thinking_tokens": 400, "min_thinking_tokens": 120,
+                              "thinking": {"visibility": "visible"}})
+    assert p["thinking"]["used"] >= 120
+    if fp["thinking"]["used"] < 120:  # it would have stopped sooner: the minimum kept it going
+        assert p["thinking"]["continuations"] >= 1 and "Wait," in body["choices"][0]["message"]["reasoning_content"]
+
+
+@pytest.mark.parametrize("strategy, params", [
+    ("self-consistency", {"n": 3}),
+    ("deepconf-online", {"n_max": 4, "warmup": 2, "round_size": 2}),
+    ("beam", {"width": 2, "branch": 2, "max_steps": 2, "step_tokens": 16}),
+])
+def test_strategies_run_on_the_engine(client, strategy, params):
+    body, p = ask(client, max_tokens=16, temperature=0.7, seed=1,
+                  messages=[{"role": "user", "content": "What is 12 + 7?"}],
+                  extra_body={"max_thinking_tokens": 32, "ponder": {"strategy": strategy, "params": params}})
+    assert p["strategy"] == strategy and p["samples"] >= 2
+    assert body["usage"]["completion_tokens"] > 0 and body["usage"]["prompt_tokens"] > 0
