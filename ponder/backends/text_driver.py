@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 from ponder.backends.base import CONTROL_SLACK, SampleSpec, prompt_key
+from ponder.backends.dialects import CallEnd
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
 from ponder.thinking import control
@@ -85,8 +86,6 @@ async def _run_tool(backend: Any, spec: SampleSpec, m: Any, d: Decision, tools: 
 
 async def _stream(backend: Any, body: dict, m: Any, spec: SampleSpec, deadline: Deadline | None):
     """Stream one completion into the machine: (the machine's decision that ended it or None, how it ended)."""
-    from ponder.backends.text_engine import CallEnd
-
     end = CallEnd()
     limit = backend.timeout_s if deadline is None else min(backend.timeout_s, max(0.05, deadline.left() + 1.0))
     try:

@@ -20,77 +20,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from ponder.backends.base import BackendInfo, Completion, Prompt, SampleSpec, prompt_key
+from ponder.backends.dialects import LlamaServerDialect
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.backends.openai_compat import OpenAICompatBackend, approx_tokens
+from ponder.backends.text_driver import drive
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
-from ponder.thinking import control, prompts
+from ponder.thinking import control
 from ponder.thinking.machine import Event
-from ponder.types import CancelToken, Generation, Message, Sampling, TokenLogprob, Usage
+from ponder.types import CancelToken, Generation, Message, Sampling
 
 log = logging.getLogger("ponder.upstream")
-
-
-@dataclass
-class Piece:
-    """One streamed step of a completion: its text, tokens and their log-probability."""
-
-    text: str
-    tokens: int
-    logprob: TokenLogprob | None = None
-
-
-@dataclass
-class CallEnd:
-    """How a completion call ended, as the engine reports it."""
-
-    reason: str = "stop"  # stop (end of turn) | length | word (a stop string) | cancelled
-    stopping_word: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    predicted: int = 0
-
-
-class LlamaServerDialect:
-    """llama.cpp's ``llama-server``: ``/props`` for the template, native ``/completion`` and ``/tokenize``."""
-
-    name = "llama-server"
-
-    def completion_body(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str],
-                        n_probs: int, grammar: str | None, stream: bool, slot: int | None = None) -> dict:
-        body: dict[str, Any] = {"prompt": prompt, "n_predict": max(1, max_tokens), "stream": stream,
-                                "cache_prompt": True, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                                "top_k": sampling.top_k, "min_p": 0.0, "stop": list(stop), "return_tokens": True}
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        if n_probs:
-            body["n_probs"] = n_probs
-        if grammar:
-            body["grammar"] = grammar
-        if slot is not None:
-            body["id_slot"] = slot
-        return body
-
-    def piece(self, obj: dict) -> Piece | None:
-        text = obj.get("content") or ""
-        tokens = len(obj.get("tokens") or ()) or (1 if text else 0)
-        lp = None
-        probs = obj.get("completion_probabilities") or []
-        if probs and isinstance(probs[0], dict) and "logprob" in probs[0]:
-            p = probs[0]
-            top = tuple((t.get("token", ""), float(t.get("logprob", 0.0))) for t in p.get("top_logprobs") or ())
-            lp = TokenLogprob(p.get("token", text), float(p["logprob"]), top)
-        return Piece(text, tokens, lp) if (text or tokens) else None
-
-    def end(self, obj: dict) -> CallEnd:
-        t = obj.get("timings") or {}
-        kind = obj.get("stop_type") or ("eos" if obj.get("stopped_eos") else "")
-        reason = {"eos": "stop", "limit": "length", "word": "word"}.get(kind, "stop")
-        return CallEnd(reason, obj.get("stopping_word") or None, int(obj.get("tokens_evaluated") or 0),
-                       int(t.get("cache_n") or obj.get("tokens_cached") or 0), int(obj.get("tokens_predicted") or 0))
 
 
 class TextEngineBackend(OpenAICompatBackend):
@@ -127,8 +69,6 @@ class TextEngineBackend(OpenAICompatBackend):
 
     # -- one sample: the machine over streamed completions -----------------------------------
     async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:
-        from ponder.backends.text_driver import drive
-
         return await drive(self, spec, on_event)
 
     # -- raw continuations and judges ------------------------------------------------------------
@@ -187,9 +127,3 @@ class TextEngineBackend(OpenAICompatBackend):
             self._pools[key] = p  # type: ignore[index]
         return p
 
-
-def usage_of(prompt_tokens: int, cached: int) -> Usage:
-    return Usage(prompt_tokens=prompt_tokens, cached_prompt_tokens=min(cached, prompt_tokens))
-
-
-INJECTED = (prompts.CONTINUE_CUE, prompts.CLOSE_THINKING, prompts.ANSWER_CUE)
