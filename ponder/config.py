@@ -63,8 +63,11 @@ class LaneConfig(_Strict):
     backend: Literal["llama_cpp", "openai"] = "llama_cpp"
     #: GGUF path or a known name (smollm2, qwen2.5-coder-0.5b) for llama_cpp
     model: str | None = None
-    #: for backend=openai: the upstream's /v1 base URL and model name
+    #: for backend=openai: the upstream's /v1 base URL (or a fleet of replicas: ``base_urls``) and model name
     base_url: str | None = None
+    base_urls: list[str] = Field(default_factory=list)
+    #: a replica of a fleet that cannot be reached (or fails 3 calls in a row) is left out this long
+    eject_s: float = Field(10.0, gt=0, le=3600)
     upstream_model: str | None = None
     #: name of the environment variable holding the upstream API key
     api_key_env: str | None = None

@@ -4,6 +4,8 @@ token, minimums are kept with ``Wait,``, and every strategy runs there — the s
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -87,3 +89,49 @@ def test_strategies_run_on_the_engine(client, strategy, params):
                   extra_body={"max_thinking_tokens": 32, "ponder": {"strategy": strategy, "params": params}})
     assert p["strategy"] == strategy and p["samples"] >= 2
     assert body["usage"]["completion_tokens"] > 0 and body["usage"]["prompt_tokens"] > 0
+
+
+# -- a fleet: two llama-server replicas in one lane -------------------------------------------------------
+
+def replicas(g: Gateway) -> dict[str, dict]:
+    import httpx
+
+    return {r["url"]: r for r in httpx.get(g.url("/v1/models/fleet"), timeout=10).json()["ponder"]["replicas"]}
+
+
+def test_a_fleet_keeps_a_prompt_on_one_replica_and_fails_over_when_it_dies(tmp_path):
+    a = LlamaServer(tmp_path / "a", slots=4, ctx=4096)
+    b = LlamaServer(tmp_path / "b", slots=4, ctx=4096)
+    g = None
+    try:
+        g = Gateway({"policy": "off", "ledger": {"url": "off"}, "server": {"access_log": False},
+                     "lanes": [{"name": "fleet", "backend": "openai", "base_urls": [a.url, b.url],
+                                "upstream_model": "smollm2", "retries": 0, "eject_s": 3}]}, tmp_path / "gw")
+        c = openai.OpenAI(base_url=g.base_url, api_key="x", max_retries=0)
+        msgs = [{"role": "system", "content": "You are terse. " * 20}, {"role": "user", "content": "What is 2 + 3?"}]
+        sc = {"max_thinking_tokens": 16, "ponder": {"strategy": "self-consistency", "params": {"n": 4}}}
+        c.chat.completions.create(model="fleet", messages=msgs, max_tokens=8, seed=1, extra_body=sc)
+        calls = {u: r["calls"] for u, r in replicas(g).items()}
+        home = max(calls, key=calls.get)
+        other = next(u for u in calls if u != home)
+        assert calls[home] >= 4 and calls[other] == 0, calls  # every sample went to the prompt's replica
+        # the home replica dies: the same prompt fails over before its first byte, and the replica is ejected
+        (a if home == a.url else b).stop()
+        r = c.chat.completions.create(model="fleet", messages=msgs, max_tokens=8, seed=2,
+                                      extra_body={"max_thinking_tokens": 16})
+        assert r.choices[0].message.content is not None
+        state = replicas(g)
+        assert state[home]["ejected"] and state[home]["ejections"] >= 1 and state[other]["calls"] >= 1
+        # it comes back: after eject_s the prompt's replica is tried again and serves it
+        (a if home == a.url else b).start()
+        time.sleep(3.5)
+        before = replicas(g)[home]["calls"]
+        c.chat.completions.create(model="fleet", messages=msgs, max_tokens=8, seed=3,
+                                  extra_body={"max_thinking_tokens": 16})
+        state = replicas(g)
+        assert not state[home]["ejected"] and state[home]["calls"] > before
+    finally:
+        if g is not None:
+            g.stop()
+        a.stop()
+        b.stop()

@@ -24,7 +24,15 @@ PROBE_TIMEOUT_S = 3.0
 
 
 def text_engine_or_none(lane: Any) -> Any:
-    root = (lane.base_url or "").rstrip("/").removesuffix("/v1")
+    for url in lane.base_urls or [lane.base_url]:
+        engine = _probe(lane, url)
+        if engine is not None:
+            return engine
+    return None
+
+
+def _probe(lane: Any, url: str) -> Any:
+    root = (url or "").rstrip("/").removesuffix("/v1")
     key = os.environ.get(lane.api_key_env) if lane.api_key_env else None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
@@ -45,7 +53,7 @@ def text_engine_or_none(lane: Any) -> Any:
     from ponder.backends.text_engine import TextEngineBackend
 
     log.info("lane %s: llama-server at %s: raw completions, exact thinking control, every strategy", lane.name, root)
-    return TextEngineBackend(lane.base_url, lane.upstream_model or lane.model or "default",
+    return TextEngineBackend(lane.base_urls or [lane.base_url], lane.upstream_model or lane.model or "default",
                              props={**props, "_counts": counts}, name=lane.name, timeout_s=lane.timeout_s,
                              max_connections=lane.max_connections, api_key=key,
-                             reasoning_format=lane.reasoning_format)
+                             reasoning_format=lane.reasoning_format, eject_s=lane.eject_s)

@@ -148,8 +148,10 @@ register_backend(BackendKind(
     name="openai", build=_build_openai, capabilities=frozenset(),
     labels=lambda lane: tuple(x for x in (lane.model, lane.upstream_model) if x),
     model_id=lambda lane: lane.upstream_model,
-    provenance=lambda lane: {"backend": lane.backend, "base_url": lane.base_url, "model": lane.upstream_model},
-    check=lambda lane: None if lane.base_url else f"backend {lane.backend!r} needs base_url",
+    provenance=lambda lane: {"backend": lane.backend, "base_url": lane.base_url or lane.base_urls,
+                             "model": lane.upstream_model},
+    check=lambda lane: None if (lane.base_url or lane.base_urls) and not (lane.base_url and lane.base_urls) else
+    f"backend {lane.backend!r} needs base_url or base_urls (one of them)",
     lane_capabilities=lambda lane: frozenset({"response_format"}) if lane.response_format else frozenset(),
     probes=lambda lane: lane.capabilities == "auto",
 ))

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from ponder.backends.base import CONTROL_SLACK, SampleSpec, prompt_key
 from ponder.backends.dialects import CallEnd
+from ponder.backends.replicas import AFFINITY_CHARS
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
 from ponder.thinking import control
@@ -47,6 +48,9 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
     usage, tools, deadline = Usage(), [], spec.deadline
     room = (0 if spec.given_thinking is not None else spec.budget.max_tokens) + spec.sampling.max_answer_tokens \
         + CONTROL_SLACK
+    # every call of this sample (and every sample of this prompt) goes to the replica its prompt belongs to
+    ranked = backend.replicas.ranked(base[:AFFINITY_CHARS])
+    replica = ranked.pop(0)
     first = True
     while m.phase != "done":
         if spec.cancel.cancelled:
@@ -60,7 +64,19 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
             break
         body = backend.dialect.completion_body(base + m.text, max_tokens=left, sampling=spec.sampling,
                                                stop=(), n_probs=n_probs, grammar=grammar, stream=True)
-        decision, end = await _stream(backend, body, m, spec, deadline)
+        backend.replicas.started(replica)
+        try:
+            decision, end = await _stream(backend, replica, body, m, spec, deadline)
+        except UpstreamUnreachable:
+            backend.replicas.finished(replica, refused=True)
+            if first and not m.text and ranked:  # nothing generated yet: the next replica takes the sample
+                replica = ranked.pop(0)
+                continue
+            raise
+        except BaseException:
+            backend.replicas.finished(replica, failed=True)
+            raise
+        backend.replicas.finished(replica)
         if first:
             usage.prompt_tokens = end.prompt_tokens or backend.count_tokens(base)
             usage.cached_prompt_tokens = min(end.cached_tokens, usage.prompt_tokens)
@@ -84,13 +100,13 @@ async def _run_tool(backend: Any, spec: SampleSpec, m: Any, d: Decision, tools: 
     return m.tool_result(result, answer_now=spec.tools.exhausted(len(tools)))
 
 
-async def _stream(backend: Any, body: dict, m: Any, spec: SampleSpec, deadline: Deadline | None):
+async def _stream(backend: Any, replica: Any, body: dict, m: Any, spec: SampleSpec, deadline: Deadline | None):
     """Stream one completion into the machine: (the machine's decision that ended it or None, how it ended)."""
     end = CallEnd()
     limit = backend.timeout_s if deadline is None else min(backend.timeout_s, max(0.05, deadline.left() + 1.0))
     try:
         async with asyncio.timeout(limit):
-            resp = await backend._root_pool().post_json("/completion", body)
+            resp = await backend.root_pool(replica).post_json("/completion", body)
             async with resp:
                 if resp.status >= 400:
                     raise await backend._http_error(resp)

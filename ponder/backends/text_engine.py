@@ -26,6 +26,7 @@ from ponder.backends.base import BackendInfo, Completion, Prompt, SampleSpec, pr
 from ponder.backends.dialects import LlamaServerDialect
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.backends.openai_compat import OpenAICompatBackend, approx_tokens
+from ponder.backends.replicas import AFFINITY_CHARS, Replica, Replicas
 from ponder.backends.text_driver import drive
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
 from ponder.thinking import control
@@ -38,10 +39,14 @@ log = logging.getLogger("ponder.upstream")
 class TextEngineBackend(OpenAICompatBackend):
     """An upstream engine with raw completions (see the module docstring); chat calls still work as a chat lane."""
 
-    def __init__(self, base_url: str, model: str, *, props: dict, name: str = "upstream", timeout_s: float = 120.0,
-                 max_connections: int = 64, api_key: str | None = None, reasoning_format: str = "think") -> None:
-        super().__init__(base_url, model, api_key=api_key, name=name, timeout_s=timeout_s,
+    def __init__(self, urls: str | list[str], model: str, *, props: dict, name: str = "upstream", timeout_s: float = 120.0,
+                 max_connections: int = 64, api_key: str | None = None, reasoning_format: str = "think",
+                 eject_s: float = 10.0) -> None:
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        super().__init__(urls[0], model, api_key=api_key, name=name, timeout_s=timeout_s,
                          max_connections=max_connections, reasoning_format=reasoning_format)
+        #: the fleet (one replica for a plain base_url): prefix affinity, ejection, failover
+        self.replicas = Replicas(urls, eject_s=eject_s)
         from ponder.backends.llama_cpp import template_formatter
 
         self.dialect = LlamaServerDialect()
@@ -54,7 +59,6 @@ class TextEngineBackend(OpenAICompatBackend):
                                 reasoning_format=reasoning_format)
         #: exact token counts of the few texts ponder injects (measured at start-up with the engine's tokenizer)
         self.known_counts: dict[str, int] = dict(props.get("_counts") or {})
-        self.root = base_url.rstrip("/").removesuffix("/v1")
 
     # -- text ------------------------------------------------------------------------------
     def render_chat(self, messages: Sequence[Message]) -> str:
@@ -99,10 +103,28 @@ class TextEngineBackend(OpenAICompatBackend):
 
     # -- HTTP ----------------------------------------------------------------------------------
     async def post(self, path: str, body: dict, cancel: CancelToken | None) -> dict:
-        """One non-streamed call to a native endpoint (``path`` from the server's root)."""
+        """One non-streamed call to a native endpoint, on the replica its prompt belongs to (failing over)."""
+        ranked = self.replicas.ranked(str(body.get("prompt") or body.get("content") or "")[:AFFINITY_CHARS])
+        for i, replica in enumerate(ranked):
+            self.replicas.started(replica)
+            try:
+                out = await self._post_to(replica, path, body)
+            except UpstreamUnreachable:
+                self.replicas.finished(replica, refused=True)
+                if i + 1 < len(ranked):
+                    continue  # nothing was sent back: the next replica takes it
+                raise
+            except BaseException:
+                self.replicas.finished(replica, failed=True)
+                raise
+            self.replicas.finished(replica)
+            return out
+        raise UpstreamUnreachable(f"no replica of lane {self.name!r} is reachable")  # pragma: no cover
+
+    async def _post_to(self, replica: Replica, path: str, body: dict) -> dict:
         try:
             async with asyncio.timeout(self.timeout_s):
-                resp = await self._root_pool().post_json(path, body, accept="application/json")
+                resp = await self.root_pool(replica).post_json(path, body, accept="application/json")
                 async with resp:
                     if resp.status >= 400:
                         raise await self._http_error(resp)
@@ -116,14 +138,20 @@ class TextEngineBackend(OpenAICompatBackend):
             raise BackendError(f"the upstream of lane {self.name!r} sent a broken reply ({type(exc).__name__})") \
                 from None
 
-    def _root_pool(self):
+    def root_pool(self, replica: Replica):
+        """Keep-alive connections to a replica's native endpoints (one pool per event loop)."""
         from ponder.backends.http import HttpPool
 
-        loop = asyncio.get_running_loop()
-        key = ("root", id(loop))
-        p = self._pools.get(key)  # type: ignore[call-overload]
+        loop = id(asyncio.get_running_loop())
+        p = replica.pools.get(loop)
         if p is None or p.closed:
-            p = HttpPool(self.root, self._headers, max_idle=self._max_idle)
-            self._pools[key] = p  # type: ignore[index]
+            p = replica.pools[loop] = HttpPool(replica.root, self._headers, max_idle=self._max_idle)
         return p
+
+    async def aclose(self) -> None:
+        for r in self.replicas.replicas:
+            for p in list(r.pools.values()):
+                await p.aclose()
+            r.pools.clear()
+        await super().aclose()
 

@@ -23,13 +23,13 @@ def register(app: FastAPI, gw: Gateway) -> None:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [model_card(lane) for lane in config.lanes] + [dict(_AUTO)]}
+        return {"object": "list", "data": [model_card(lane, gw) for lane in config.lanes] + [dict(_AUTO)]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str):
         for lane in config.lanes:
             if lane.name == model_id:
-                return model_card(lane)
+                return model_card(lane, gw)
         if model_id == "auto":
             return dict(_AUTO)
         raise NotFound(f"the model {model_id!r} does not exist", param="model", code="model_not_found")
@@ -39,10 +39,16 @@ def register(app: FastAPI, gw: Gateway) -> None:
         return Response(render_metrics(gw), media_type=CONTENT_TYPE_LATEST)
 
 
-def model_card(lane) -> dict:
-    return {"id": lane.name, "object": "model", "created": 0, "owned_by": "ponder",
-            "ponder": {"backend": lane.backend, "model": lane.model or lane.upstream_model, "effort": lane.effort,
-                       "strategy": lane.strategy}}
+def model_card(lane, gw: Gateway) -> dict:
+    """A lane as a model: its backend, what its engine can do, and (a fleet) its replicas' state."""
+    from ponder.backends.registry import capabilities
+
+    card = {"backend": lane.backend, "model": lane.model or lane.upstream_model, "effort": lane.effort,
+            "strategy": lane.strategy, "capabilities": sorted(capabilities(lane))}
+    replicas = getattr(gw.service.cached_backend(lane), "replicas", None)
+    if replicas is not None:
+        card["replicas"] = replicas.state()
+    return {"id": lane.name, "object": "model", "created": 0, "owned_by": "ponder", "ponder": card}
 
 
 def render_metrics(gw: Gateway) -> bytes:

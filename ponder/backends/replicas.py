@@ -1,0 +1,98 @@
+"""A lane's fleet of engine replicas: prefix affinity with bounded load, ejection of failing replicas.
+
+* **Affinity.** Each call names a key (the start of its rendered prompt).
+  Replicas are ranked for that key by rendezvous hashing, so every sample,
+  branch and continuation of one request — and every request that starts
+  with the same system prompt — goes to the same replica and finds its
+  prefix in that replica's cache.  A replica already carrying more than
+  ``1 + load_slack`` times the fleet's mean of calls in flight is passed
+  over for the next one in the ranking (bounded load).
+* **Ejection.** A replica that refuses connections or fails
+  ``eject_after`` calls in a row is left out for ``eject_s`` seconds, then
+  tried again (one call decides whether it is back).  A call that fails
+  before its first byte is retried on the next replica in the ranking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+#: the prompt characters that decide a call's replica (a shared system prompt keeps one replica warm)
+AFFINITY_CHARS = 2048
+
+
+@dataclass
+class Replica:
+    url: str
+    in_flight: int = 0
+    calls: int = 0
+    errors: int = 0
+    failures_in_row: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    #: connection pools by event loop
+    pools: dict = field(default_factory=dict)
+
+    @property
+    def root(self) -> str:
+        return self.url.rstrip("/").removesuffix("/v1")
+
+    def healthy(self, now: float) -> bool:
+        return self.ejected_until <= now
+
+    def to_dict(self) -> dict:
+        return {"url": self.url, "in_flight": self.in_flight, "calls": self.calls, "errors": self.errors,
+                "ejections": self.ejections, "ejected": self.ejected_until > time.monotonic()}
+
+
+class Replicas:
+    def __init__(self, urls: list[str], *, eject_after: int = 3, eject_s: float = 10.0,
+                 load_slack: float = 0.5) -> None:
+        if not urls:
+            raise ValueError("a fleet needs at least one URL")
+        self.replicas = [Replica(u) for u in urls]
+        self.eject_after, self.eject_s, self.load_slack = eject_after, eject_s, load_slack
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def ranked(self, key: str) -> list[Replica]:
+        """Healthy replicas for ``key``, best first (ejected ones last, in case all are)."""
+        now = time.monotonic()
+        order = sorted(self.replicas, key=lambda r: hashlib.sha256(f"{r.url}|{key}".encode()).digest(),
+                       reverse=True)
+        healthy = [r for r in order if r.healthy(now)]
+        if not healthy:
+            return order
+        with self._lock:
+            mean = sum(r.in_flight for r in self.replicas) / len(self.replicas)
+        bound = max(1.0, (1 + self.load_slack) * (mean + 1))
+        light = [r for r in healthy if r.in_flight < bound]
+        return light + [r for r in healthy if r not in light] + [r for r in order if r not in healthy]
+
+    def started(self, r: Replica) -> None:
+        with self._lock:
+            r.in_flight += 1
+            r.calls += 1
+
+    def finished(self, r: Replica, *, failed: bool = False, refused: bool = False) -> None:
+        """A call ended; ``refused``: the replica could not be reached (ejected at once)."""
+        with self._lock:
+            r.in_flight = max(0, r.in_flight - 1)
+            if not failed and not refused:
+                r.failures_in_row = 0
+                return
+            r.errors += 1
+            r.failures_in_row += 1
+            if refused or r.failures_in_row >= self.eject_after:
+                r.ejected_until = time.monotonic() + self.eject_s
+                r.ejections += 1
+                r.failures_in_row = 0
+
+    def state(self) -> list[dict]:
+        return [r.to_dict() for r in self.replicas]
