@@ -135,3 +135,44 @@ def test_a_fleet_keeps_a_prompt_on_one_replica_and_fails_over_when_it_dies(tmp_p
             g.stop()
         a.stop()
         b.stop()
+
+
+def test_a_tool_call_inside_the_thinking_runs_and_the_same_text_continues_on_the_same_replica():
+    """The tiny model does not call tools by itself; a scripted llama-server stand-in does (two replicas)."""
+    import asyncio
+
+    from fake_llama import FakeLlamaServer
+
+    from ponder.backends.base import SampleSpec
+    from ponder.backends.probe import text_engine_or_none
+    from ponder.config import LaneConfig, ToolsConfig
+    from ponder.tools import ToolCache, toolbox_for
+    from ponder.types import Message, Sampling, ThinkingBudget
+
+    def reply(prompt: str) -> str:
+        turn = prompt.rsplit("<|im_start|>assistant", 1)[-1]  # (the system note names the tags too)
+        if "</think>" in turn:
+            return "391"
+        if "<tool_response>" not in turn:
+            return 'I will compute it. <tool_call>{"name": "calculator", "arguments": {"expression": "17*23"}}' \
+                   '</tool_call> never reached'
+        return " So the product is 391.</think> this is closed by ponder"
+
+    fakes = [FakeLlamaServer(reply), FakeLlamaServer(reply)]
+    try:
+        lane = LaneConfig(name="fleet", backend="openai", base_urls=[f.url for f in fakes])
+        backend = text_engine_or_none(lane)
+        tools = toolbox_for(ToolsConfig(enabled=["calculator"]), ("calculator",), ToolCache())
+        spec = SampleSpec((Message("user", "What is 17 * 23?"),), ThinkingBudget(200),
+                          Sampling(seed=1, max_answer_tokens=16), tools=tools)
+        g = asyncio.run(backend.sample(spec))
+        assert [t["name"] for t in g.tools] == ["calculator"] and g.answer == "391"
+        assert "<tool_response>\n391\n</tool_response>" in g.thinking and "never reached" not in g.thinking
+        (served,) = [f for f in fakes if f.prompts]  # every call of the sample on one replica
+        first, second, third = served.prompts
+        assert second.startswith(first) and second.endswith("</tool_response>\n")  # the same text, continued
+        assert third.startswith(second) and third.endswith("</think>\n\n")  # ...and closed by the machine
+        assert g.usage.tool_tokens > 0 and g.thinking_report.used < 200
+    finally:
+        for f in fakes:
+            f.close()

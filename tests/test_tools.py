@@ -210,3 +210,21 @@ def test_a_fenced_python_block_in_the_thinking_is_a_call_of_the_python_tool():
     other = ThinkingMachine(ThinkingBudget(200), max_answer_tokens=16, tools=True, fenced_python=True)
     assert all(other.feed(p).kind == "continue" for p in ["```text\n", "hello\n", "```\n", "done"])
     assert "hello" in other.thinking
+
+
+def test_a_call_that_arrives_one_character_a_token_is_still_a_call():
+    """SmolLM2 spells <tool_call> in several tokens, a llama-server stream one piece each: the machine must hold a
+    half-written opening tag instead of showing it as thinking (found by the llama-server driver's test)."""
+    from ponder.backends.base import SampleSpec
+    from ponder.config import ToolsConfig
+    from ponder.thinking import control
+    from ponder.tools import ToolCache, toolbox_for
+    from ponder.types import Message, Sampling, ThinkingBudget
+
+    tools = toolbox_for(ToolsConfig(enabled=["calculator"]), ("calculator",), ToolCache())
+    m = control.new_machine(SampleSpec((Message("user", "q"),), ThinkingBudget(200), Sampling(), tools=tools),
+                            cue_tokens=len)
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "17*23"}}</tool_call>'
+    kinds = [m.feed(ch).kind for ch in "First: " + call]
+    assert kinds[-1] == "tool" and set(kinds[:-1]) == {"continue"}
+    assert "<tool" not in m.thinking.split("First:")[0] and m.thinking.startswith("First: <tool_call>")

@@ -163,7 +163,9 @@ class ThinkingMachine(ToolCalls):
             self._pending = ""
             self.thinking_end = "tag" if marker == CLOSE else "end-marker"
             return self._thinking_ended(base + i)
-        hold = max(_partial(self._pending, m) for m in (CLOSE, OPEN, *END_MARKERS))
+        # a call's opening tag may arrive in pieces (one character a token on some tokenizers): hold it too
+        hold = max(_partial(self._pending, m) for m in (CLOSE, OPEN, *END_MARKERS) + ((TOOL_OPEN,) if self.tools
+                                                                                      else ()))
         if self.tools and TOOL_OPEN in self._pending:
             hold = len(self._pending) - self._pending.index(TOOL_OPEN)
         if self.fenced_python:
