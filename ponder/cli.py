@@ -45,6 +45,7 @@ COMMANDS = {
     "usage": "ponder.usage:usage_cmd",
     "keys": "ponder.tenancy.cli:keys_cmd",
     "distill": "ponder.distill:distill_cmd",
+    "lanes": "ponder.lanes_cli:lanes_cmd",
 }
 
 

@@ -122,6 +122,7 @@ def test_a_fleet_keeps_a_prompt_on_one_replica_and_fails_over_when_it_dies(tmp_p
         assert r.choices[0].message.content is not None
         state = replicas(g)
         assert state[home]["ejected"] and state[home]["ejections"] >= 1 and state[other]["calls"] >= 1
+        assert g.metric("ponder_upstream_replica_ejected", lane="fleet", replica=home) == 1
         # it comes back: after eject_s the prompt's replica is tried again and serves it
         (a if home == a.url else b).start()
         time.sleep(3.5)
@@ -176,3 +177,24 @@ def test_a_tool_call_inside_the_thinking_runs_and_the_same_text_continues_on_the
     finally:
         for f in fakes:
             f.close()
+
+
+def test_ponder_lanes_shows_what_the_probe_found(engine, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "ponder.yaml"
+    cfg.write_text(yaml.safe_dump({"lanes": [
+        {"name": "engine", "backend": "openai", "base_url": engine.url, "upstream_model": "smollm2"},
+        {"name": "hosted", "backend": "openai", "base_url": engine.url, "capabilities": "chat"}]}))
+    p = subprocess.run([sys.executable, "-m", "ponder.cli", "lanes", "--config", str(cfg), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rows = {r["lane"]: r for r in json.loads(p.stdout)}
+    assert rows["engine"]["engine"] == "TextEngineBackend"
+    assert {"text_completion", "grammar", "builtin_tools"} <= set(rows["engine"]["capabilities"])
+    assert rows["engine"]["replicas"][0]["url"] == engine.url
+    assert rows["hosted"]["capabilities"] == ["response_format"]  # never probed: a chat lane

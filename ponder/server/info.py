@@ -64,5 +64,11 @@ def render_metrics(gw: Gateway) -> bytes:
         in_flight[run.plan.lane.name] = in_flight.get(run.plan.lane.name, 0) + 1
     for lane in gw.config.lanes:
         metrics.in_flight.labels(lane.name).set(in_flight.get(lane.name, 0))
+        replicas = getattr(gw.service.cached_backend(lane), "replicas", None)
+        for r in replicas.state() if replicas is not None else ():
+            for gauge, value in ((metrics.replica_in_flight, r["in_flight"]), (metrics.replica_calls, r["calls"]),
+                                 (metrics.replica_errors, r["errors"]), (metrics.replica_ejections, r["ejections"]),
+                                 (metrics.replica_ejected, int(r["ejected"]))):
+                gauge.labels(lane.name, r["url"]).set(value)
     metrics.thinking_in_flight.set(gw.shedder.thinking_in_flight)
     return metrics.render()

@@ -40,6 +40,17 @@ class Metrics:
         self.key_tokens = Counter("ponder_key_tokens", "Tokens per API key", ["key", "kind"], registry=r)
         self.key_cost = Counter("ponder_key_cost_usd", "Dollars per API key", ["key"], registry=r)
         self.cache = Counter("ponder_cache", "Answer cache lookups", ["result"], registry=r)
+        # a lane's fleet of engine replicas (read from the engine at scrape time)
+        self.replica_in_flight = Gauge("ponder_upstream_replica_in_flight", "Calls in flight on an engine replica",
+                                       ["lane", "replica"], registry=r)
+        self.replica_calls = Gauge("ponder_upstream_replica_calls", "Calls sent to an engine replica",
+                                   ["lane", "replica"], registry=r)
+        self.replica_errors = Gauge("ponder_upstream_replica_errors", "Failed calls of an engine replica",
+                                    ["lane", "replica"], registry=r)
+        self.replica_ejections = Gauge("ponder_upstream_replica_ejections", "Times an engine replica was ejected",
+                                       ["lane", "replica"], registry=r)
+        self.replica_ejected = Gauge("ponder_upstream_replica_ejected", "1 while an engine replica is ejected",
+                                     ["lane", "replica"], registry=r)
         self._lanes: dict[str, tuple] = {}
         self._keys_c: dict[str, tuple] = {}
 
