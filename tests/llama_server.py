@@ -24,7 +24,8 @@ def binary() -> str | None:
 
 
 class LlamaServer:
-    def __init__(self, log_dir: Path, *, slots: int = 4, ctx: int = 8192, threads: int = 1) -> None:
+    def __init__(self, log_dir: Path, *, slots: int = 4, ctx: int = 8192, threads: int = 1,
+                 metrics: bool = False) -> None:
         from ponder.backends.models import resolve_model
 
         exe = binary()
@@ -34,7 +35,8 @@ class LlamaServer:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log = log_dir / f"llama-server-{self.port}.log"
         self.args = [exe, "-m", str(resolve_model(None)), "--host", "127.0.0.1", "--port", str(self.port),
-                     "-c", str(ctx), "-np", str(slots), "-t", str(threads), "--no-webui"]
+                     "-c", str(ctx), "-np", str(slots), "-t", str(threads), "--no-webui"] + (["--metrics"] if metrics
+                                                                                                 else [])
         self.proc: subprocess.Popen | None = None
         self.start()
 

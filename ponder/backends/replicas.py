@@ -51,11 +51,14 @@ class Replica:
 
 class Replicas:
     def __init__(self, urls: list[str], *, eject_after: int = 3, eject_s: float = 10.0,
-                 load_slack: float = 0.5) -> None:
+                 load_slack: float = 0.5, affinity: bool = True) -> None:
         if not urls:
             raise ValueError("a fleet needs at least one URL")
         self.replicas = [Replica(u) for u in urls]
         self.eject_after, self.eject_s, self.load_slack = eject_after, eject_s, load_slack
+        #: False: calls take turns (round robin), the baseline affinity is measured against (bench/engines.py)
+        self.affinity = affinity
+        self._turn = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -64,8 +67,14 @@ class Replicas:
     def ranked(self, key: str) -> list[Replica]:
         """Healthy replicas for ``key``, best first (ejected ones last, in case all are)."""
         now = time.monotonic()
-        order = sorted(self.replicas, key=lambda r: hashlib.sha256(f"{r.url}|{key}".encode()).digest(),
-                       reverse=True)
+        if not self.affinity:
+            with self._lock:
+                self._turn += 1
+                k = self._turn % len(self.replicas)
+            order = self.replicas[k:] + self.replicas[:k]
+        else:
+            order = sorted(self.replicas, key=lambda r: hashlib.sha256(f"{r.url}|{key}".encode()).digest(),
+                           reverse=True)
         healthy = [r for r in order if r.healthy(now)]
         if not healthy:
             return order
