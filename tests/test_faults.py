@@ -43,6 +43,9 @@ def gw(tmp_path_factory, faulty):
          "retries": 0, "effort": "none", "prices": PRICES},
         {"name": "unreachable", "backend": "openai", "base_url": "http://127.0.0.1:9/v1", "timeout_s": TIMEOUT,
          "retries": 2, "retry_backoff_s": 0.05, "effort": "none", "fallbacks": ["ok"], "prices": PRICES},
+        {"name": "resetting", "backend": "openai", "base_url": faulty.url, "upstream_model": "reset",
+         "timeout_s": TIMEOUT, "retries": 1, "retry_backoff_s": 0.05, "effort": "none", "fallbacks": ["ok"],
+         "prices": PRICES},
     ]
     config = {"server": {"progress_interval_s": 0.2}, "ledger": {"url": f"jsonl:///{tmp / 'ledger.jsonl'}"},
               "policy": "off", "lanes": lanes}
@@ -80,7 +83,7 @@ def sse_events(text: str) -> list:
     ("500", 502, "upstream_error"),
     ("malformed", 502, "upstream_error"),
     ("cut", 502, "upstream_error"),
-    ("reset", 502, "upstream_error"),
+    ("reset", 502, "upstream_unreachable"),  # before any byte: the retryable case (retries: 0 here)
     ("json", 502, "upstream_error"),
     ("garbage", 502, "upstream_error"),
 ])
@@ -145,6 +148,13 @@ def test_connection_refused_is_retried_then_falls_back(gw):
     attempts = r.json()["ponder"]["attempts"]
     assert [a["lane"] for a in attempts] == ["unreachable"] * 3 + ["ok"]
     assert all(a["status"] == 502 for a in attempts[:3])
+
+
+def test_a_reset_before_any_byte_is_retried_like_a_refused_connection(gw):
+    r = post(gw, "resetting")
+    assert r.status_code == 200, r.text
+    attempts = r.json()["ponder"]["attempts"]
+    assert [(a["lane"], a["status"]) for a in attempts] == [("resetting", 502)] * 2 + [("ok", 200)]
 
 
 def test_request_deadline_covers_the_whole_request(gw):

@@ -140,8 +140,8 @@ def test_unknown_routes_and_models_get_openai_bodies(gw):
 
 def test_kill_9_mid_stream_leaves_an_interrupted_row_with_its_streamed_tokens(tmp_path):
     db = tmp_path / "ledger.db"
-    config = {"lanes": [{"name": "default", "n_ctx": 2048}], "policy": "off",
-              "thinking": {"loop_guard": {"enabled": False}},
+    config = {"lanes": [{"name": "default", "n_ctx": 2048, "prices": {"input_per_1m": 1.0, "output_per_1m": 2.0}}],
+              "policy": "off", "thinking": {"loop_guard": {"enabled": False}},
               "ledger": {"url": f"sqlite:///{db}", "flush_interval_s": 0.5}}
     g = Gateway(config, tmp_path)
     seen = {"chunks": 0}
@@ -182,6 +182,8 @@ def test_kill_9_mid_stream_leaves_an_interrupted_row_with_its_streamed_tokens(tm
         # socket writer
         assert streamed >= 60
         assert 30 <= row["thinking_tokens"] <= 1500
+        # ...and the prompt it had read: a running sample bills its prompt from its first token on
+        assert row["prompt_tokens"] > 0 and row["cost_usd"] > 0
     finally:
         g2.stop()
 
@@ -201,3 +203,15 @@ def test_a_client_that_hangs_up_mid_body_is_a_counted_499_not_a_traceback(gw):
     assert gw.metric("ponder_requests_total", status="499") == before + 1
     assert "Traceback" not in gw.log.read_text()
     assert httpx.post(gw.url("/v1/chat/completions"), json={"messages": Q, "max_tokens": 4}, timeout=60).status_code == 200
+
+
+def test_405_names_the_allowed_methods_and_openapi_lists_every_answer(gw):
+    for method, path, allow in (("GET", "/v1/chat/completions", "POST"), ("GET", "/v1/responses", "POST"),
+                                ("POST", "/health", "GET"), ("DELETE", "/v1/models", "GET")):
+        r = httpx.request(method, gw.url(path), timeout=10)
+        assert r.status_code == 405 and r.headers.get("allow") == allow, (path, r.headers)
+        assert r.json()["error"]["code"] == "method_not_allowed"
+    spec = httpx.get(gw.url("/openapi.json"), timeout=10).json()["paths"]
+    assert "404" in spec["/v1/models/{model_id}"]["get"]["responses"]
+    assert list(spec["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain; version=0.0.4"]
+    assert {"/v1/chat/completions", "/v1/responses", "/v1/messages"} <= set(spec)

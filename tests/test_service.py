@@ -75,3 +75,23 @@ def test_prepare_clamps_the_budget_to_the_context_or_refuses():
     with pytest.raises(ContextOverflow) as e:
         strict.prepare_sync(PonderRequest(hi, max_thinking_tokens=5000))
     assert e.value.param == "max_thinking_tokens"
+
+
+def test_a_single_request_above_the_hard_thinking_ceiling_is_refused_not_admitted():
+    """The ceiling bounds one request too: admitted, 100,000 thinking tokens under a 1,000 ceiling would keep every
+    other request out (each is refused while the sum is over) for as long as it runs."""
+    from ponder.errors import InvalidRequest
+    from ponder.planning import plan_request
+    from ponder.server.shedding import Shedder
+
+    cfg = config_from_dict({"lanes": [{"name": "a"}], "ledger": {"url": "off"},
+                            "server": {"shedding": {"hard_thinking_tokens": 1000, "thinking_marks": [10 ** 6]}},
+                            "thinking": {"max_budget": 200_000}})
+    shedder = Shedder(cfg.server.shedding, cfg.thinking.effort_table())
+    hi = (Message("user", "hi"),)
+    with pytest.raises(InvalidRequest) as e:
+        shedder.admit(plan_request(PonderRequest(hi, max_thinking_tokens=100_000), cfg), waiting=0)
+    assert e.value.code == "request_too_expensive" and "1,000" in e.value.message
+    assert shedder.thinking_in_flight == 0  # nothing reserved
+    _, tokens = shedder.admit(plan_request(PonderRequest(hi, max_thinking_tokens=600), cfg), waiting=0)
+    assert tokens == 600 == shedder.thinking_in_flight

@@ -253,7 +253,12 @@ class OpenAICompatBackend(Backend, ChatEngine):
     async def _stream(self, body: dict, stats: StreamStats, on_piece: Callable[[ChatPiece], bool]) -> None:
         parser = DeltaParser(self.info.reasoning_format)
         try:
-            resp = await self._pool().post_json("/chat/completions", body)
+            try:
+                resp = await self._pool().post_json("/chat/completions", body)
+            except ConnectionCut as exc:  # reset before any byte came back: nothing was done, a retry is safe
+                log.warning("lane %s: connection reset before a response: %s", self.name, exc)
+                raise UpstreamUnreachable(f"the upstream of lane {self.name!r} reset the connection before "
+                                          "answering") from None
             async with resp:
                 if resp.status >= 400:
                     raise await self._http_error(resp)

@@ -68,12 +68,19 @@ def _error_handlers(app: FastAPI) -> None:
         else:
             err = PonderError(str(exc.detail))
             err.status, err.code = exc.status_code, "method_not_allowed" if exc.status_code == 405 else None
-        return JSONResponse(err.to_openai(), status_code=err.status)
+        # a 405 says which methods the path takes (RFC 9110); Starlette puts them on the exception
+        return JSONResponse(err.to_openai(), status_code=err.status, headers=_allow(request, exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("internal error")
         return JSONResponse(internal_error(), status_code=500)
+
+
+def _allow(request: Request, exc: StarletteHTTPException) -> dict | None:
+    """The ``Allow`` header Starlette's router computed for a 405 (it puts it on the exception)."""
+    allow = (exc.headers or {}).get("Allow") if exc.status_code == 405 else None
+    return {"Allow": allow} if allow else None
 
 
 def _openapi(app: FastAPI) -> dict:
@@ -90,6 +97,13 @@ def _openapi(app: FastAPI) -> dict:
                                       "content": {"application/json": {"schema": {"type": "object"}},
                                                   "text/event-stream": {"schema": {"type": "string"}}}},
                               "4XX": {"description": errors}, "5XX": {"description": errors}}}}
+        paths = schema.setdefault("paths", {})
+        card = paths.get("/v1/models/{model_id}", {}).get("get")
+        if card is not None:
+            card.setdefault("responses", {})["404"] = {"description": "no such model: an OpenAI error body"}
+        metrics = paths.get("/metrics", {}).get("get")
+        if metrics is not None:
+            metrics["responses"]["200"]["content"] = {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -15,7 +15,7 @@ import threading
 from dataclasses import replace
 
 from ponder.config import SheddingConfig
-from ponder.errors import Overloaded
+from ponder.errors import InvalidRequest, Overloaded
 from ponder.planning import Plan
 from ponder.thinking.budget import EFFORT_ORDER, EffortTable
 from ponder.types import ThinkingBudget
@@ -84,6 +84,12 @@ class Shedder:
             tokens = plan.budget.max_tokens * plan.n * planned_samples(plan)
             if plan.escalation is not None:
                 tokens += plan.escalation.budget.max_tokens * planned_samples(plan.escalation)
+            if cfg.enabled and cfg.hard_thinking_tokens is not None and tokens > cfg.hard_thinking_tokens:
+                # one request above the ceiling would keep every other one out while it runs: never admitted
+                raise InvalidRequest(f"this request could think {tokens:,} tokens (all samples), above the "
+                                     f"gateway's ceiling of {cfg.hard_thinking_tokens:,} "
+                                     "(server.shedding.hard_thinking_tokens); lower the budget or the samples",
+                                     param="max_thinking_tokens", code="request_too_expensive")
             self.thinking_in_flight += tokens
         return plan, tokens
 

@@ -45,12 +45,13 @@ class Meter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.done = Usage()
-        self._live: dict[int, tuple[int, int]] = {}
+        self._live: dict[int, tuple[int, int, int]] = {}
         self.samples = 0
 
-    def live(self, index: int, thinking: int, answer: int) -> None:
+    def live(self, index: int, thinking: int, answer: int, prompt: int = 0) -> None:
+        """A running sample's spend so far: its prompt was read (billed from its first token on), its tokens."""
         with self._lock:
-            self._live[index] = (thinking, answer)
+            self._live[index] = (thinking, answer, prompt)
 
     def finish(self, index: int, usage: Usage) -> None:
         with self._lock:
@@ -67,9 +68,10 @@ class Meter:
         with self._lock:
             d = self.done
             u = Usage(d.prompt_tokens, d.cached_prompt_tokens, d.thinking_tokens, d.answer_tokens, d.tool_tokens)
-            for t, a in self._live.values():
+            for t, a, p in self._live.values():
                 u.thinking_tokens += t
                 u.answer_tokens += a
+                u.prompt_tokens += p
             return u
 
 

@@ -75,11 +75,13 @@ async def fresh(request: StrategyRequest, backend: Backend, indices: list[int],
             state[k][0] = e.used
         elif isinstance(e, AnswerDelta):
             state[k][1] += 1
-        meter.live(ids[k], state[k][0], state[k][1])
+        meter.live(ids[k], state[k][0], state[k][1], prompt_read)
         if sink is not None:
             sink.sample_event(ids[k], e)
 
     state = [[0, 0] for _ in indices]
+    # the prompt as prepared with the request (its count is the engine's, or the upstream's estimate)
+    prompt_read = spec.prompt.n_tokens if spec.prompt is not None else 0
     contiguous = indices == list(range(indices[0], indices[0] + len(indices)))
     try:
         if contiguous:
