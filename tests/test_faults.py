@@ -186,6 +186,31 @@ def test_client_leaving_a_stalled_stream_closes_the_upstream_at_once(gw, faulty)
     assert row["http_status"] == 499 and row["status"] == "cancelled"
 
 
+def test_client_leaving_before_the_upstreams_first_byte_is_a_499_and_closes_the_upstream(gw, faulty):
+    """The stream's headers wait for the first event (so a failure gets a real status); a client that leaves in
+    that wait must stop the run then, not when the lane's timeout_s (30 s here) runs out."""
+    import socket
+
+    n_before = len(faulty.closed_within("hang"))
+    body = json.dumps({"model": "slowpoke", "messages": Q, "stream": True}).encode()
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    time.sleep(0.8)  # the upstream has the call and says nothing
+    s.close()
+    t_left = time.monotonic()
+    deadline = time.monotonic() + 5
+    conns = []
+    while time.monotonic() < deadline:
+        conns = [c for c in faulty.connections if c["model"] == "hang"][n_before:]
+        if conns and conns[-1]["closed"]:
+            break
+        time.sleep(0.05)
+    assert conns and conns[-1]["closed"] is not None and conns[-1]["closed"] - t_left < 2.0
+    row = ledger_row(gw)
+    assert row["lane"] == "slowpoke" and row["http_status"] == 499 and row["status"] == "cancelled"
+
+
 def test_streamed_success_from_a_thinking_upstream_ends_with_done_and_usage(gw):
     client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0)
     stream = client.chat.completions.create(model="think", messages=Q, stream=True,

@@ -62,7 +62,7 @@ async def handle(gw: Gateway, request: Request) -> Response:
             return JSONResponse(outcome.error.to_openai(), status_code=outcome.status,
                                 headers={**headers, **outcome.error.headers()})
         return JSONResponse(completion_body(outcome), headers=headers or None)
-    first = await first_event(gw, run)
+    first = await first_event(gw, run, request)
     failed = failed_before_content(run, first)
     if failed is not None:
         return JSONResponse(failed.error.to_openai(), status_code=failed.status,

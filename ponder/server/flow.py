@@ -89,21 +89,25 @@ async def outcome_of(request: Request, started: Started) -> Outcome:
         watcher.cancel()
 
 
-async def first_event(gw: Gateway, run: Run) -> Any:
+async def first_event(gw: Gateway, run: Run, request: Request) -> Any:
     """The run's first event, waited for before a stream's headers go out (None when none came in time).
 
     So a request that fails at once gets a real status code (and may still fall back): briefly on an engine
-    ponder schedules, whose progress matters, up to the lane's own deadline on an upstream.
+    ponder schedules, whose progress matters, up to the lane's own deadline on an upstream.  A client that
+    leaves during the wait cancels the run at once (a 499, the upstream call closed), as after it.
     """
     backend = gw.service.cached_backend(run.plan.lane)
     wait = gw.server.first_byte_wait_s if backend is None or backend.info.max_sequences else \
         run.plan.lane.timeout_s + 1.0
     if run.deadline is not None:
         wait = min(wait, max(0.0, run.deadline.left()) + gw.server.answer_grace_s + 2.0)
+    watcher = asyncio.ensure_future(watch_disconnect(request, run.cancel))
     try:
         return await asyncio.wait_for(run.events.get(), timeout=wait)
     except asyncio.TimeoutError:
         return None
+    finally:
+        watcher.cancel()
 
 
 def failed_before_content(run: Run, first: Any) -> Outcome | None:

@@ -53,7 +53,7 @@ async def handle(gw: Gateway, request: Request) -> Response:
         if outcome.error is not None:
             return error_response(outcome.error, headers)
         return JSONResponse(message_body(outcome), headers=headers or None)
-    first = await first_event(gw, run)
+    first = await first_event(gw, run, request)
     failed = failed_before_content(run, first)
     if failed is not None:
         return error_response(failed.error, headers)

@@ -61,7 +61,7 @@ async def handle(gw: Gateway, store: ConversationStore, request: Request) -> Res
             return JSONResponse(outcome.error.to_openai(), status_code=outcome.status,
                                 headers={**headers, **outcome.error.headers()})
         return JSONResponse(response_body(outcome, echo), headers=headers or None)
-    first = await first_event(gw, run)
+    first = await first_event(gw, run, request)
     failed = failed_before_content(run, first)
     if failed is not None:
         return JSONResponse(failed.error.to_openai(), status_code=failed.status,
