@@ -237,3 +237,26 @@ def test_without_bubblewrap_the_verifier_refuses_rather_than_running_unconfined(
     finally:
         sb.unavailable_reason.cache_clear()
 
+
+
+def test_writes_are_bounded_in_total_not_only_per_file():
+    """/tmp and /work are memory-backed: each is a tmpfs of Limits.disk_mb, so many files under the per-file
+    limit cannot add up to more (before, 768 MiB went to /tmp and 384 MiB to /work in under a second)."""
+    probe = ("out = {}\n"
+             "for where in ('/tmp', os.getcwd()):\n"
+             "    total = 0\n"
+             "    try:\n"
+             "        for i in range(64):\n"
+             "            with open(f'{where}/f{i}', 'wb') as f:\n"
+             "                for _ in range(8):\n"
+             "                    f.write(b'x' * (1 << 20)); f.flush(); total += 1\n"
+             "    except OSError as e:\n"
+             "        out[where] = [total, type(e).__name__]\n"
+             "    else:\n"
+             "        out[where] = [total, 'none']\n"
+             "print(json.dumps(out))")
+    box = Sandbox(Limits(wall_s=20, cpu_s=10, memory_mb=256, file_mb=16, disk_mb=24))
+    got = run(probe, box)
+    assert sorted(got) == ["/tmp", "/work"], got
+    for where, (mib, error) in got.items():
+        assert mib <= 24 and error == "OSError", (where, mib, error)  # stopped at the mount's size, with an error

@@ -56,6 +56,8 @@ class Limits:
     file_mb: int = 16
     #: processes at once, bubblewrap's own included (needs the pids cgroup; see ``pids_cgroup_root``)
     max_processes: int = 64
+    #: size of each of ``/work`` and ``/tmp`` (memory-backed: without a size they would be bounded by nothing)
+    disk_mb: int = 32
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _python() -> tuple[str, str | None]:
     return f"{_PY_MOUNT}/{rel}", prefix
 
 
-def _bwrap_args(workdir: str) -> list[str]:
+def _bwrap_args(workdir: str, disk_mb: int = 32) -> list[str]:
     exe, prefix = _python()
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
             "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL",
@@ -95,7 +97,10 @@ def _bwrap_args(workdir: str) -> list[str]:
             args += ["--ro-bind", f"/{name}", f"/{name}"]
     if prefix is not None:
         args += ["--ro-bind", prefix, _PY_MOUNT, "--setenv", "LD_LIBRARY_PATH", f"{_PY_MOUNT}/lib"]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", workdir, "/work", "--chdir", "/work",
+    size = str(disk_mb << 20)
+    # /work and /tmp are sized tmpfs: the code (read-only) is the only host file inside
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/work",
+             "--ro-bind", f"{workdir}/main.py", "/work/main.py", "--chdir", "/work",
              "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work", "--setenv", "PYTHONDONTWRITEBYTECODE",
              "1", "--remount-ro", "/", "--", exe, "-I", "-S"]
     return args
@@ -109,6 +114,7 @@ def unavailable_reason() -> str | None:
     with tempfile.TemporaryDirectory(prefix="ponder-sbx-") as tmp:
         os.chmod(tmp, 0o777)
         try:
+            Path(tmp, "main.py").write_text("")
             p = subprocess.run(_bwrap_args(tmp) + ["-c", "pass"], capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired, SandboxUnavailable) as exc:
             return f"bubblewrap failed: {exc}"
@@ -257,7 +263,7 @@ class Sandbox:
             (work / "main.py").write_text(code)
             out, err = Path(host) / "stdout", Path(host) / "stderr"
             if self.isolation == "bwrap":
-                cmd = _bwrap_args(str(work)) + ["main.py"]
+                cmd = _bwrap_args(str(work), self.limits.disk_mb) + ["main.py"]
                 cwd, env = host, {}
             else:
                 cmd = [sys.executable, "-I", "main.py"]
