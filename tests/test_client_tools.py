@@ -171,3 +171,21 @@ def test_forced_tool_choice_always_returns_a_valid_call(embedded, choice, expect
                 schema_valid(json.loads(calls[0].function.arguments), schemas[calls[0].function.name]):
             good += 1
     assert good == 20
+
+
+def test_parallel_tool_calls_false_returns_at_most_one_call_with_ids_stable_per_request():
+    from types import SimpleNamespace
+
+    from ponder.outcome import answer_and_calls
+
+    tools = tuple(FORCED_TOOLS)
+    answer = ('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>\n'
+              '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+    result = SimpleNamespace(answer=answer)
+    both = answer_and_calls(result, SimpleNamespace(client_tools=tools, parallel_tool_calls=True), "req-1")[1]
+    one = answer_and_calls(result, SimpleNamespace(client_tools=tools, parallel_tool_calls=False), "req-1")[1]
+    assert [c["function"]["name"] for c in both] == ["add", "get_weather"]
+    assert [c["function"]["name"] for c in one] == ["add"]
+    assert one[0]["id"] == both[0]["id"]  # the same request names its calls alike however often it is split
+    again = answer_and_calls(result, SimpleNamespace(client_tools=tools, parallel_tool_calls=True), "req-2")[1]
+    assert again[0]["id"] != both[0]["id"]  # another request, other ids

@@ -20,7 +20,10 @@ def gw(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gwr")
     config = {
         "server": {"queue_size": 8, "shedding": {"queue_marks": [100], "thinking_marks": [1], "floor": "low"}},
-        "thinking": {"efforts": {"none": 0, "minimal": 8, "low": 16, "medium": 32, "high": 64, "max": 128}},
+        # the loop guard off: the in-flight request must think its whole minimum whatever batch it shares (with
+        # the guard, a trace that repeats itself next to the degraded request stopped at 30 of 64 in one CI run)
+        "thinking": {"efforts": {"none": 0, "minimal": 8, "low": 16, "medium": 32, "high": 64, "max": 128},
+                     "loop_guard": {"enabled": False}},
         # the built-in pair of lanes, on one engine; no --policy: the shipped default policy routes
         "lanes": [{"name": "reasoning", "n_ctx": 1024}, {"name": "fast", "n_ctx": 1024, "effort": "none"}],
     }

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ponder.api.request import PonderOptions, check_json, validation_error
-from ponder.errors import InvalidRequest, PayloadTooLarge
+from ponder.api.request import PonderOptions, read_object, validation_error
+from ponder.errors import InvalidRequest
 from ponder.request import PonderRequest
 from ponder.types import Message
 
@@ -76,15 +76,7 @@ class MessagesRequest(BaseModel):
 
 
 def parse_messages_body(raw: bytes, *, max_bytes: int, max_depth: int) -> MessagesRequest:
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        body = json.loads(raw.decode("utf-8") or "null")
-    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON body ({type(exc).__name__})") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    check_json(body, max_depth=max_depth)
+    body = read_object(raw, max_bytes=max_bytes, max_depth=max_depth)
     try:
         return MessagesRequest.model_validate(body)
     except Exception as exc:

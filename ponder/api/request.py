@@ -351,3 +351,17 @@ def _text_size(content: Any) -> int:
     if isinstance(content, list):
         return sum(len(p.get("text") or "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return 0
+
+
+def read_object(raw: bytes, *, max_bytes: int, max_depth: int) -> dict:
+    """A request body as a JSON object, with the size, depth and text limits checked (any API)."""
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        body = json.loads(raw.decode("utf-8") or "null")
+    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON body ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    check_json(body, max_depth=max_depth)
+    return body

@@ -18,13 +18,12 @@ Anything else a client may send and ponder cannot honour (other tool types,
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ponder.api.request import PonderOptions, ThinkingOptions, check_json, validation_error
-from ponder.errors import InvalidRequest, PayloadTooLarge
+from ponder.api.request import PonderOptions, ThinkingOptions, read_object, validation_error
+from ponder.errors import InvalidRequest
 from ponder.request import OutputFormat, PonderRequest
 from ponder.types import Message
 
@@ -77,15 +76,7 @@ class ResponsesRequest(BaseModel):
 
 
 def parse_responses_body(raw: bytes, *, max_bytes: int, max_depth: int) -> ResponsesRequest:
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        body = json.loads(raw.decode("utf-8") or "null")
-    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"malformed JSON body ({type(exc).__name__})") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    check_json(body, max_depth=max_depth)
+    body = read_object(raw, max_bytes=max_bytes, max_depth=max_depth)
     if body.get("background"):
         raise InvalidRequest("background responses are not supported by ponder", param="background",
                              code="unsupported_parameter")

@@ -30,6 +30,7 @@ from ponder.backends.replicas import AFFINITY_CHARS, Replica, Replicas
 from ponder.backends.text_driver import drive
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
 from ponder.thinking import control
+from ponder.thinking.formats import get_format
 from ponder.thinking.machine import Event
 from ponder.types import CancelToken, Generation, Message, Sampling
 
@@ -54,7 +55,7 @@ class TextEngineBackend(OpenAICompatBackend):
         self._formatter = template_formatter(template, props.get("bos_token") or "", props.get("eos_token") or "")
         gen = props.get("default_generation_settings") or {}
         self.info = BackendInfo(name=name, model=model, text_completion=True,
-                                native_reasoning="<think>" in template, logprobs=True,
+                                native_reasoning=get_format(reasoning_format).detect(template), logprobs=True,
                                 context_length=int(gen.get("n_ctx") or props.get("n_ctx") or 0), grammar=True,
                                 reasoning_format=reasoning_format)
         #: exact token counts of the few texts ponder injects (measured at start-up with the engine's tokenizer)

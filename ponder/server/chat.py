@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import AsyncIterator
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.requests import Request
 
 from ponder.api.request import parse_body
@@ -31,8 +31,8 @@ from ponder.api.response import chunk, completion_body, finish_of, ponder_block
 from ponder.outcome import ChoiceEnd, Delta, Ended, Outcome, SummaryEvent, answer_and_calls
 from ponder.run import Run
 from ponder.server.gateway import Gateway
-from ponder.server.flow import failed_before_content, first_event, next_event, outcome_of, start
-from ponder.server.http import SSEResponse, header_seconds
+from ponder.server.flow import next_event, reply, start
+from ponder.server.http import header_seconds
 
 
 def chat_route(gw: Gateway):
@@ -53,23 +53,13 @@ async def handle(gw: Gateway, request: Request) -> Response:
         return chat.to_ponder(deadline_cap_s=cap)
 
     started = await start(gw, request, "chatcmpl-" + uuid.uuid4().hex[:24], parse)
-    run, headers = started.run, started.headers
-    if not started.request.stream:
-        outcome = await outcome_of(request, started)
-        if outcome.status == 499:
-            return Response(status_code=499)
-        if outcome.error is not None:
-            return JSONResponse(outcome.error.to_openai(), status_code=outcome.status,
-                                headers={**headers, **outcome.error.headers()})
-        return JSONResponse(completion_body(outcome), headers=headers or None)
-    first = await first_event(gw, run, request)
-    failed = failed_before_content(run, first)
-    if failed is not None:
-        return JSONResponse(failed.error.to_openai(), status_code=failed.status,
-                            headers={**headers, **failed.error.headers()})
-    chunks = ChatStream(run, gw.service.cached_backend(run.plan.lane), server.progress_interval_s,
-                        holder["include_usage"]).chunks(first)
-    return SSEResponse(chunks, run.cancel, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+    run = started.run
+
+    def stream(first):
+        return ChatStream(run, gw.service.cached_backend(run.plan.lane), server.progress_interval_s,
+                          holder["include_usage"]).chunks(first)
+
+    return await reply(gw, request, started, body=completion_body, error=lambda e: e.to_openai(), stream=stream)
 
 
 class ChatStream:

@@ -127,3 +127,58 @@ async def next_event(run: Run, pending: list, interval: float) -> Any:
         return await asyncio.wait_for(run.events.get(), interval)
     except asyncio.TimeoutError:
         return None
+
+
+async def event_stream(run: Run, stream: Any, first: Any, interval: float, keep_alive: bytes):
+    """A run's events through an API's stream writer (``start`` / ``on`` / ``end``), with keep-alives while
+    nothing happens; a client that leaves stops the run (still accounted)."""
+    ended = False
+    try:
+        for line in stream.start():
+            yield line
+        pending = [first] if first is not None else []
+        while True:
+            ev = await next_event(run, pending, interval)
+            if ev is None:
+                yield keep_alive
+                continue
+            if isinstance(ev, Ended):
+                ended = True
+                for line in stream.end(ev.outcome):
+                    yield line
+                return
+            for line in stream.on(ev):
+                yield line
+    finally:
+        if not ended:
+            run.cancel.cancel()
+
+
+async def reply(gw: Gateway, request: Request, started: Started, *, body: Callable[[Outcome], dict],
+                error: Callable[[PonderError], dict], stream: Callable[[Any], Any]) -> Any:
+    """The response every API gives a started run: one JSON body, or an SSE stream of its own events.
+
+    ``body`` builds the API's JSON from the outcome, ``error`` its error body, ``stream(first)`` its event
+    stream.  A failure before anything reached the client gets a real status code; after that the stream
+    carries it.
+    """
+    from fastapi.responses import JSONResponse, Response
+
+    from ponder.server.http import SSEResponse
+
+    run, headers = started.run, started.headers
+
+    def failure(o: Outcome) -> Any:
+        return JSONResponse(error(o.error), status_code=o.status, headers={**headers, **o.error.headers()})
+
+    if not started.request.stream:
+        outcome = await outcome_of(request, started)
+        if outcome.status == 499:
+            return Response(status_code=499)
+        return failure(outcome) if outcome.error is not None else \
+            JSONResponse(body(outcome), headers=headers or None)
+    first = await first_event(gw, run, request)
+    failed = failed_before_content(run, first)
+    if failed is not None:
+        return failure(failed)
+    return SSEResponse(stream(first), run.cancel, {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})

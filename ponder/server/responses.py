@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.requests import Request
 
 from ponder.api.responses import echo_of, parse_responses_body, to_ponder
 from ponder.api.responses_out import ResponsesStream, response_body
 from ponder.conversations import ConversationStore
-from ponder.outcome import Ended, Outcome, answer_and_calls
+from ponder.outcome import Outcome, answer_and_calls
 from ponder.request import PonderRequest
-from ponder.server.flow import failed_before_content, first_event, next_event, outcome_of, start
+from ponder.server.flow import event_stream, reply, start
 from ponder.server.gateway import Gateway
-from ponder.server.http import SSEResponse
 from ponder.types import Message
 
 
@@ -52,47 +51,16 @@ async def handle(gw: Gateway, store: ConversationStore, request: Request) -> Res
             await store.put(outcome.id, holder["key"], messages[1:] if holder["req"].instructions else messages)
 
     started = await start(gw, request, rid, parse, after=after)
-    run, headers, echo = started.run, started.headers, echo_of(holder["req"])
-    if not started.request.stream:
-        outcome = await outcome_of(request, started)
-        if outcome.status == 499:
-            return Response(status_code=499)
-        if outcome.error is not None:
-            return JSONResponse(outcome.error.to_openai(), status_code=outcome.status,
-                                headers={**headers, **outcome.error.headers()})
-        return JSONResponse(response_body(outcome, echo), headers=headers or None)
-    first = await first_event(gw, run, request)
-    failed = failed_before_content(run, first)
-    if failed is not None:
-        return JSONResponse(failed.error.to_openai(), status_code=failed.status,
-                            headers={**headers, **failed.error.headers()})
-    model = gw.service.cached_backend(run.plan.lane)
-    stream = ResponsesStream(rid, run.created, model.info.model if model else run.plan.lane.name, echo, run.plan)
-    return SSEResponse(_events(run, stream, first, gw.server.progress_interval_s), run.cancel,
-                       {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+    run, echo = started.run, echo_of(holder["req"])
 
+    def stream(first):
+        backend = gw.service.cached_backend(run.plan.lane)
+        writer = ResponsesStream(rid, run.created, backend.info.model if backend else run.plan.lane.name, echo,
+                                 run.plan)
+        return event_stream(run, writer, first, gw.server.progress_interval_s, b": keep-alive\n\n")
 
-async def _events(run, stream: ResponsesStream, first, interval: float):
-    ended = False
-    try:
-        for line in stream.start():
-            yield line
-        pending = [first] if first is not None else []
-        while True:
-            ev = await next_event(run, pending, interval)
-            if ev is None:
-                yield b": keep-alive\n\n"
-                continue
-            if isinstance(ev, Ended):
-                ended = True
-                for line in stream.end(ev.outcome):
-                    yield line
-                return
-            for line in stream.on(ev):
-                yield line
-    finally:
-        if not ended:
-            run.cancel.cancel()  # the client went away: stop the work now, it is still accounted
+    return await reply(gw, request, started, body=lambda o: response_body(o, echo), error=lambda e: e.to_openai(),
+                       stream=stream)
 
 
 def conversation_after(outcome: Outcome) -> list[Message]:
