@@ -120,9 +120,9 @@ def test_a_fleet_keeps_a_prompt_on_one_replica_and_fails_over_when_it_dies(tmp_p
         r = c.chat.completions.create(model="fleet", messages=msgs, max_tokens=8, seed=2,
                                       extra_body={"max_thinking_tokens": 16})
         assert r.choices[0].message.content is not None
-        state = replicas(g)
-        assert state[home]["ejected"] and state[home]["ejections"] >= 1 and state[other]["calls"] >= 1
-        assert g.metric("ponder_upstream_replica_ejected", lane="fleet", replica=home) == 1
+        state = replicas(g)  # (the ejection itself may be over already on a slow machine: its count stays)
+        assert state[home]["ejections"] >= 1 and state[home]["errors"] >= 1 and state[other]["calls"] >= 1
+        assert g.metric("ponder_upstream_replica_ejections", lane="fleet", replica=home) >= 1
         # it comes back: after eject_s the prompt's replica is tried again and serves it
         (a if home == a.url else b).start()
         time.sleep(3.5)
