@@ -1,4 +1,3 @@
-import os
 import socket
 
 import pytest
@@ -25,3 +24,13 @@ def tiny_backend():
 @pytest.fixture
 def scripted():
     return ScriptedBackend
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A misbehaving-on-demand local upstream (tests/faulty.py), one per test module."""
+    from faulty import Faulty
+
+    f = Faulty(delay=0.05)
+    yield f
+    f.close()

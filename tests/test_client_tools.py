@@ -11,7 +11,6 @@ import json
 import openai
 import pytest
 
-from faulty import Faulty
 from ponder.tools.client import as_text_turns, split_calls, tools_prompt
 from ponder.types import Message, ThinkingBudget
 from servers import Gateway
@@ -20,13 +19,6 @@ WEATHER = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current temperature in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 Q = [{"role": "user", "content": "How warm is it in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    f = Faulty(delay=0.05)
-    yield f
-    f.close()
 
 
 @pytest.fixture(scope="module")

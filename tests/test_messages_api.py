@@ -7,7 +7,6 @@ import anthropic
 import httpx
 import pytest
 
-from faulty import Faulty
 from servers import Gateway
 
 from ponder.tenancy import hash_secret
@@ -18,13 +17,6 @@ SECRET = "sk-claude-client-0123"
 ADD = [{"name": "add", "description": "Add two integers", "input_schema": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}]
 Q = [{"role": "user", "content": "What is 17 + 25?"}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    f = Faulty(delay=0.05)
-    yield f
-    f.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import httpx
 import openai
 import pytest
 
-from faulty import Faulty
 from redis_server import RedisServer
 from servers import Gateway
 
@@ -34,13 +33,6 @@ def config(upstream_url: str, state_url: str = "memory://") -> dict:
                        "effort": "none", "retries": 0},
                       {"name": "up-plain", "backend": "openai", "base_url": upstream_url, "upstream_model": "ok",
                        "effort": "none", "retries": 0}]}
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    f = Faulty(delay=0.05)
-    yield f
-    f.close()
 
 
 @pytest.fixture(scope="module")
