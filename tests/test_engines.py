@@ -4,6 +4,7 @@ token, minimums are kept with ``Wait,``, and every strategy runs there — the s
 
 from __future__ import annotations
 
+import os
 import time
 
 import openai
@@ -12,8 +13,10 @@ import pytest
 from llama_server import LlamaServer, binary
 from servers import Gateway
 
+# skipped only outside CI: there make test has built llama-server, and its absence must fail, not pass quietly
 pytestmark = [pytest.mark.model,
-              pytest.mark.skipif(binary() is None, reason="llama-server is not built (make test builds it)")]
+              pytest.mark.skipif(binary() is None and not os.environ.get("CI"),
+                                 reason="llama-server is not built (make test builds it)")]
 
 Q = [{"role": "user", "content": "Explain step by step why the sky is blue."}]
 

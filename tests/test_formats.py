@@ -103,7 +103,7 @@ def test_formats_are_detected_from_chat_templates():
 
 def test_an_upstream_lane_in_harmony_gets_thinking_and_answer_apart():
     """gpt-oss served without a reasoning parser streams channels in ``content``; the lane's format splits them."""
-    from ponder.backends.openai_compat import DeltaParser, parse_message
+    from ponder.backends.deltas import DeltaParser, parse_message
 
     text = CASES[4]["text"]
     p = DeltaParser("harmony")

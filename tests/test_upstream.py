@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from ponder.backends.models import resolve_model
-from ponder.backends.openai_compat import DeltaParser, OpenAICompatBackend, parse_message
+from ponder.backends.deltas import DeltaParser, parse_message
+from ponder.backends.openai_compat import OpenAICompatBackend
 from ponder.errors import BackendError, InvalidRequest, UpstreamTimeout, UpstreamUnreachable
 from ponder.thinking import prompts
 from ponder.types import Message, Sampling, ThinkingBudget

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ponder.api.request import PonderOptions, read_object, validation_error
 from ponder.errors import InvalidRequest
@@ -79,7 +79,7 @@ def parse_messages_body(raw: bytes, *, max_bytes: int, max_depth: int) -> Messag
     body = read_object(raw, max_bytes=max_bytes, max_depth=max_depth)
     try:
         return MessagesRequest.model_validate(body)
-    except Exception as exc:
+    except ValidationError as exc:
         raise validation_error(exc) from None
 
 

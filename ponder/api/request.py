@@ -263,12 +263,8 @@ def parse_request(body: Any) -> ChatCompletionRequest:
         raise validation_error(exc) from None
 
 
-def validation_error(exc: Exception) -> InvalidRequest:
+def validation_error(exc: ValidationError) -> InvalidRequest:
     """A pydantic validation error as one 400 naming the field (any API's request model)."""
-    if isinstance(exc, InvalidRequest):
-        return exc
-    if not isinstance(exc, ValidationError):
-        return InvalidRequest(str(exc))
     err = exc.errors()[0]
     loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
     # a field of a union type reports each alternative; name the field, not the alternative

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ponder.api.request import PonderOptions, ThinkingOptions, read_object, validation_error
 from ponder.errors import InvalidRequest
@@ -89,7 +89,7 @@ def parse_responses_body(raw: bytes, *, max_bytes: int, max_depth: int) -> Respo
                              param="truncation", code="unsupported_parameter")
     try:
         return ResponsesRequest.model_validate(body)
-    except Exception as exc:
+    except ValidationError as exc:
         raise validation_error(exc) from None
 
 

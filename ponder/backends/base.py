@@ -71,6 +71,10 @@ class Prompt:
     text: str | None = None
     ids: tuple[int, ...] | None = None
 
+    def serves(self, messages: Sequence[Message], budget: ThinkingBudget, tools_note: str | None) -> bool:
+        """Was this prompt rendered (here, not only counted) from exactly this conversation, thinking and note?"""
+        return self.text is not None and self.key == prompt_key(messages, budget, tools_note)
+
 
 def prompt_key(messages: Sequence[Message], budget: ThinkingBudget, tools_note: str | None) -> tuple:
     return (tuple(messages), budget.enabled, tools_note)

@@ -139,7 +139,7 @@ class LlamaCppBackend(Backend):
         note = spec.tools_note()
         p = spec.prompt
         if spec.given_thinking is None and p is not None and p.ids is not None and \
-                p.key == prompt_key(spec.messages, spec.budget, note):
+                p.serves(spec.messages, spec.budget, note):
             return list(p.ids)
         return self._prompt_ids(control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking, note))
 

@@ -42,7 +42,7 @@ from ponder.errors import (
     UpstreamUnreachable,
 )
 from ponder.backends.chat import ChatEngine, ChatPiece, StreamStats, chat_sample
-from ponder.backends.deltas import DeltaParser, logprob_of, parse_message  # noqa: F401  (parse_message: re-exported)
+from ponder.backends.deltas import DeltaParser, logprob_of
 from ponder.thinking.machine import Event
 from ponder.thinking.formats import get_format
 from ponder.tools.client import openai_messages

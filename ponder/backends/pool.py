@@ -14,17 +14,7 @@ import threading
 from typing import Any, Callable
 
 from ponder.backends.base import Backend
-from ponder.backends.registry import build_backend, record_probe
-
-#: lane settings that do not make a different engine
-_PER_REQUEST_SETTINGS = {"name", "effort", "strategy", "params", "answer_tokens", "prices", "fallbacks", "retries",
-                         "retry_backoff_s", "tools"}
-
-
-def engine_key(lane: Any) -> str:
-    """What makes two lanes' engines different (not their names, efforts, strategies, prices or fallbacks)."""
-    return repr(sorted(lane.model_dump(exclude=_PER_REQUEST_SETTINGS).items()))
-
+from ponder.backends.registry import build_backend, engine_key, record_probe
 
 class EnginePool:
     def __init__(self, backends: dict[str, Backend] | None = None,

@@ -47,8 +47,18 @@ class BackendKind:
 
 
 KINDS: dict[str, BackendKind] = {}
-#: what probed engines turned out to offer, by lane name (filled when a probing lane's engine is built)
+#: what probed engines turned out to offer, by engine settings (filled when a probing lane's engine is built):
+#: two lanes on one engine share its answer; a lane of the same name elsewhere (another URL) is probed anew
 PROBED: dict[str, frozenset[str]] = {}
+
+#: lane settings that do not make a different engine
+PER_REQUEST_SETTINGS = {"name", "effort", "strategy", "params", "answer_tokens", "prices", "fallbacks", "retries",
+                        "retry_backoff_s", "tools"}
+
+
+def engine_key(lane: Any) -> str:
+    """What makes two lanes' engines different (not their names, efforts, strategies, prices or fallbacks)."""
+    return repr(sorted(lane.model_dump(exclude=PER_REQUEST_SETTINGS).items()))
 
 
 def register_backend(kind: BackendKind) -> BackendKind:
@@ -70,18 +80,19 @@ def kind_of(lane: Any) -> BackendKind:
 
 def capabilities(lane: Any) -> frozenset[str]:
     kind = kind_of(lane)
-    return kind.capabilities | kind.lane_capabilities(lane) | PROBED.get(lane.name, frozenset())
+    probed = PROBED.get(engine_key(lane), frozenset()) if kind.probes(lane) else frozenset()
+    return kind.capabilities | kind.lane_capabilities(lane) | probed
 
 
 def record_probe(lane: Any, backend: Backend) -> None:
     """Remember what a probing lane's engine offers (planning asks :func:`lane_has`)."""
     if kind_of(lane).probes(lane):
-        PROBED[lane.name] = backend.capabilities()
+        PROBED[engine_key(lane)] = backend.capabilities()
 
 
 def unprobed(lanes: Any) -> list:
     """The lanes whose engines must be built before their capabilities are known."""
-    return [lane for lane in lanes if kind_of(lane).probes(lane) and lane.name not in PROBED]
+    return [lane for lane in lanes if kind_of(lane).probes(lane) and engine_key(lane) not in PROBED]
 
 
 def lane_has(lane: Any, capability: str) -> bool:

@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from ponder.backends.base import CONTROL_SLACK, SampleSpec, prompt_key
+from ponder.backends.base import CONTROL_SLACK, SampleSpec
 from ponder.backends.dialects import CallEnd
 from ponder.backends.replicas import AFFINITY_CHARS
 from ponder.backends.http import ConnectFailed, ConnectionCut
@@ -39,8 +39,7 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
 
     note = spec.tools_note()
     p = spec.prompt
-    if spec.given_thinking is None and p is not None and p.text is not None and \
-            p.key == prompt_key(spec.messages, spec.budget, note):
+    if spec.given_thinking is None and p is not None and p.serves(spec.messages, spec.budget, note):
         base = p.text
     else:
         base = control.raw_prompt(backend, spec.messages, spec.budget, spec.given_thinking, note)

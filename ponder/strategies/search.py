@@ -16,7 +16,7 @@ import math
 import asyncio
 from dataclasses import dataclass, field
 
-from ponder.backends.base import Backend, prompt_key
+from ponder.backends.base import Backend
 from ponder.errors import InvalidRequest
 from ponder.strategies.base import Sample, StrategyRequest, StrategyResult, param, register
 from ponder.strategies.resolve import check_count, prm_for
@@ -67,8 +67,7 @@ class StepEnv:
         self.delimiter, self.step_tokens = delimiter, step_tokens
         self.close = get_format(backend.info.reasoning_format).close
         prepared = request.prompt
-        if prepared is not None and prepared.text is not None and \
-                prepared.key == prompt_key(request.messages, request.budget, None):
+        if prepared is not None and prepared.serves(request.messages, request.budget, None):
             self.prompt, self.prompt_tokens = prepared.text, prepared.n_tokens  # rendered once, with the request
         else:
             self.prompt = control.raw_prompt(backend, request.messages, request.budget)
