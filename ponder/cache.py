@@ -81,7 +81,7 @@ def cache_key(plan: "Plan") -> str:
 def _result_to_dict(r: StrategyResult) -> dict:
     g = r.chosen
     return {"answer": r.answer, "decision": r.decision, "confidence": r.confidence,
-            "summary": r.extra.get("summary"),
+            "summary": r.extra.get("summary"), "flags": r.extra.get("flags") or [],
             "chosen": {"thinking": g.thinking, "answer": g.answer, "report": dataclasses.asdict(g.thinking_report),
                        "finish_reason": g.finish_reason, "answer_source": g.answer_source, "tools": g.tools}}
 
@@ -92,6 +92,7 @@ def _result_from_dict(d: dict) -> StrategyResult:
                    thinking_report=ThinkingReport(**c["report"]), timings=Timings(),
                    finish_reason=c["finish_reason"], answer_source=c["answer_source"], tools=c.get("tools") or [])
     extra = {"summary": d["summary"]} if d.get("summary") else {}
+    extra["flags"] = d.get("flags") or []
     return StrategyResult(answer=d["answer"], chosen=g, samples=[], usage=Usage(), decision=d["decision"],
                           confidence=d.get("confidence"), extra=extra)
 

@@ -20,7 +20,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ponder.config_base import _Strict, _word
-from ponder.config_ops import AuthConfig, CacheConfig, ConversationsConfig, KeyConfig, KeyLimits, LedgerConfig, StateConfig
+from ponder.config_ops import (AnomalyConfig, AuthConfig, CacheConfig, ConversationsConfig, GuardsConfig, KeyConfig, KeyLimits,
+                               LedgerConfig, StateConfig)
 from ponder.errors import ConfigError
 from ponder.thinking.budget import DEFAULT_EFFORTS, DEFAULT_MAX_BUDGET, EffortTable
 from ponder.thinking.machine import LoopGuardSettings
@@ -108,6 +109,8 @@ class LaneConfig(_Strict):
     answer_tokens: int = Field(512, ge=1)
     prices: Prices = Prices()
     tools: ToolsConfig = ToolsConfig()
+    #: what a flagged answer triggers (escalate, vote): see ponder.flags
+    guards: GuardsConfig = GuardsConfig()
 
     @field_validator("effort", mode="before")
     @classmethod
@@ -236,6 +239,8 @@ class ServerConfig(_Strict):
     access_log: bool = True
     log_format: Literal["text", "json"] = "text"
     shedding: SheddingConfig = SheddingConfig()
+    #: spike detection and burn rate (ponder_thinking_anomaly, ponder_key_cap_eta_seconds)
+    anomaly: AnomalyConfig = AnomalyConfig()
 
 
 class PonderConfig(_Strict):
@@ -282,6 +287,9 @@ class PonderConfig(_Strict):
                     raise ValueError(f"lanes.{i}.fallbacks.{j}: {fb!r} is not a lane ({', '.join(names)})")
                 if fb == lane.name:
                     raise ValueError(f"lanes.{i}.fallbacks.{j}: a lane cannot fall back to itself")
+            esc = lane.guards.escalate_to
+            if esc is not None and esc not in names:
+                raise ValueError(f"lanes.{i}.guards.escalate_to: {esc!r} is not a lane ({', '.join(names)})")
         for k in self.auth.keys:
             for ln in k.limits.lanes or []:
                 if ln not in names:

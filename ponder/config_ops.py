@@ -111,3 +111,62 @@ class ConversationsConfig(_Strict):
     max_entries: int = Field(10_000, ge=1)
     #: most messages one stored conversation may hold (older turns are dropped first)
     max_messages: int = Field(256, ge=2)
+
+
+GUARD_ACTIONS = ("escalate", "vote", "none")
+
+
+class GuardsConfig(_Strict):
+    """What a lane does when an answer is flagged (see :mod:`ponder.flags`).
+
+    ``actions`` maps a flag to ``escalate`` (one retry at the next effort tier,
+    or on ``escalate_to``), ``vote`` (``vote_samples`` more samples and a
+    majority vote with the flagged answer) or ``none`` (report only).  Flags
+    are always detected and reported; actions are off unless configured.
+    """
+
+    actions: dict[str, str] = Field(default_factory=dict)
+    vote_samples: int = Field(2, ge=1, le=16)
+    #: the lane an ``escalate`` retries on (default: this lane, at the next effort tier)
+    escalate_to: str | None = None
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _words(cls, v: Any) -> Any:
+        # YAML reads a bare ``no``/``off`` as false: that means no action
+        return {k: ("none" if a is False else _word(a)) for k, a in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("actions")
+    @classmethod
+    def _known(cls, v: dict[str, str]) -> dict[str, str]:
+        from ponder.flags import DETECTORS
+
+        for flag, action in v.items():
+            if flag not in DETECTORS:
+                raise ValueError(f"unknown flag {flag!r}; known: {', '.join(DETECTORS)}")
+            if action not in GUARD_ACTIONS:
+                raise ValueError(f"guards.actions.{flag}: unknown action {action!r}; choose {', '.join(GUARD_ACTIONS)}")
+        return v
+
+    def acting(self) -> dict[str, str]:
+        return {f: a for f, a in self.actions.items() if a != "none"}
+
+
+class AnomalyConfig(_Strict):
+    """Spike detection (``server.anomaly``): a request or key far above its own rolling baseline is marked.
+
+    A lane's and a key's baseline is the moving average of thinking tokens per
+    request (the last ~``1/alpha`` requests).  A request is a spike when it
+    thinks more than ``factor`` times its baseline and at least
+    ``min_excess_tokens`` more, once the baseline holds ``min_requests``
+    requests.  A key's minute is a spike when it spends more than ``factor``
+    times its average minute.  Burn rate: a key's spend and thinking over the
+    last ``window_s`` seconds project when it reaches its caps.
+    """
+
+    enabled: bool = True
+    factor: float = Field(4.0, gt=1)
+    min_requests: int = Field(20, ge=1)
+    min_excess_tokens: int = Field(256, ge=0)
+    alpha: float = Field(0.05, gt=0, le=1)
+    window_s: float = Field(900.0, gt=0)

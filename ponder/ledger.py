@@ -84,7 +84,7 @@ class SqliteLedger(Ledger):
         status TEXT, http_status INTEGER,
         prompt_tokens INTEGER DEFAULT 0, cached_prompt_tokens INTEGER DEFAULT 0,
         thinking_tokens INTEGER DEFAULT 0, answer_tokens INTEGER DEFAULT 0, tool_tokens INTEGER DEFAULT 0,
-        cost_usd REAL DEFAULT 0, pid INTEGER, data TEXT
+        cost_usd REAL DEFAULT 0, pid INTEGER, data TEXT, flags TEXT
     );
     CREATE INDEX IF NOT EXISTS requests_started ON requests(started);
     CREATE INDEX IF NOT EXISTS requests_key ON requests(key);
@@ -95,6 +95,8 @@ class SqliteLedger(Ledger):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.executescript(self.SCHEMA)
+        if "flags" not in {r[1] for r in conn.execute("PRAGMA table_info(requests)")}:
+            conn.execute("ALTER TABLE requests ADD COLUMN flags TEXT")  # a ledger written before answer flags
         conn.commit()
         conn.close()
         self._q: queue.Queue = queue.Queue()
@@ -185,19 +187,20 @@ class SqliteLedger(Ledger):
 
     def _w_complete(self, conn: sqlite3.Connection, r: dict) -> None:
         u = r.get("usage") or {}
-        data = {k: r.get(k) for k in ("timings", "thinking", "attempts", "error", "samples") if r.get(k) is not None}
+        data = {k: r.get(k) for k in ("timings", "thinking", "attempts", "error", "samples", "guard")
+                if r.get(k) is not None}
         conn.execute(
             "INSERT INTO requests (id, started, ended, updated, key, lane, model, strategy, status, http_status, "
-            "prompt_tokens, cached_prompt_tokens, thinking_tokens, answer_tokens, tool_tokens, cost_usd, pid, data) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET ended=excluded.ended, "
+            "prompt_tokens, cached_prompt_tokens, thinking_tokens, answer_tokens, tool_tokens, cost_usd, pid, data, "
+            "flags) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET ended=excluded.ended, "
             "updated=excluded.updated, lane=excluded.lane, model=excluded.model, status=excluded.status, "
             "http_status=excluded.http_status, prompt_tokens=excluded.prompt_tokens, "
             "cached_prompt_tokens=excluded.cached_prompt_tokens, thinking_tokens=excluded.thinking_tokens, "
             "answer_tokens=excluded.answer_tokens, tool_tokens=excluded.tool_tokens, cost_usd=excluded.cost_usd, "
-            "data=excluded.data",
+            "data=excluded.data, flags=excluded.flags",
             (r["id"], r.get("started", r["now"]), r["now"], r["now"], r.get("key"), r.get("lane"), r.get("model"),
              r.get("strategy"), r.get("status"), r.get("http_status"), *(int(u.get(c, 0)) for c in _COLUMNS),
-             float(r.get("cost_usd") or 0.0), os.getpid(), json.dumps(data)))
+             float(r.get("cost_usd") or 0.0), os.getpid(), json.dumps(data), ",".join(r.get("flags") or []) or None))
 
     # -- reading ----------------------------------------------------------------------
     def rows(self, *, key: str | None = None, since: float | None = None) -> list[dict]:

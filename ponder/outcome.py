@@ -119,7 +119,11 @@ def outcome_extra(plan: "Plan", results: list[StrategyResult], attempts: list[At
                   summaries_cost: float, n_summaries: int, cache_info: dict | None, status: int,
                   stopped: str | None, *, first_lane: str) -> dict[str, Any]:
     """The response's ``ponder`` fields beyond the thinking report: what OpenAI has no field for."""
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"flags": flags_of(results)}
+    guards = [dict(r.extra["guard"], **({"choice": i} if len(results) > 1 else {}))
+              for i, r in enumerate(results) if "guard" in r.extra]
+    if guards:
+        extra["guard"] = guards[0] if len(guards) == 1 else guards
     if n_summaries:
         extra["summaries"] = {"count": n_summaries, "prompt_tokens": summaries.prompt_tokens,
                               "completion_tokens": summaries.completion_tokens, "cost_usd": round(summaries_cost, 10)}
@@ -137,6 +141,22 @@ def outcome_extra(plan: "Plan", results: list[StrategyResult], attempts: list[At
     if stopped and status == 200:
         extra["stopped"] = stopped
     return extra
+
+
+def flags_of(results: list[StrategyResult]) -> list[dict]:
+    """The flags of the answers returned (see ponder.flags); with ``choice`` when there are several."""
+    if len(results) == 1:
+        return list(results[0].extra.get("flags") or [])
+    return [dict(f, choice=i) for i, r in enumerate(results) for f in r.extra.get("flags") or []]
+
+
+def all_flags(extra: dict) -> list[str]:
+    """Every flag raised while answering: the returned answers' and those of answers a guard action replaced."""
+    guards = extra.get("guard")
+    guards = guards if isinstance(guards, list) else [guards] if guards else []
+    found = [f["flag"] for f in extra.get("flags") or []]
+    found += [f["flag"] for g in guards for f in g.get("flags_before") or []]
+    return sorted(set(found))
 
 
 def ledger_row(request_id: str, key: str | None, created: int, plan: "Plan", cancelled: bool, *,
@@ -160,5 +180,7 @@ def ledger_row(request_id: str, key: str | None, created: int, plan: "Plan", can
         thinking={"budget": plan.budget.max_tokens, "used": first.used, "stopped": first.stopped} if first else None,
         error=outcome.error.message if outcome.error else None,
         attempts=[a.to_dict() for a in outcome.attempts] if len(outcome.attempts) > 1 else None,
+        flags=all_flags(outcome.extra) or None,
+        guard=outcome.extra.get("guard"),
     )
     return row

@@ -17,6 +17,7 @@ from typing import Any
 from ponder.backends.registry import kind_of, lane_has
 from ponder.config import LaneConfig, PonderConfig
 from ponder.errors import InvalidRequest, ModelNotFound
+from ponder.guard import plan_guard
 from ponder.strategies import build_params, get_strategy
 from ponder.thinking.budget import resolve_budget
 from ponder.request import PonderRequest
@@ -67,6 +68,8 @@ class Plan:
     prompt: Any = field(default=None, compare=False)
     #: the strategy object (looked up once, when planning)
     runner: Any = field(default=None, compare=False, repr=False)
+    #: what the lane does about flagged answers (:class:`ponder.guard.GuardPlan`; None: report only)
+    guard: Any = None
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -83,6 +86,8 @@ class Plan:
         total = prompt_tokens + self.n * self.samples_per_choice() * per
         if self.escalation is not None:
             total += self.n * self.escalation.worst_case_tokens(0)
+        if self.guard is not None:
+            total += self.n * self.guard.worst_case_tokens(self)
         return total
 
 
@@ -160,6 +165,9 @@ def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any,
         client_tools=client_tools, tool_choice=tool_choice, runner=runner,
         parallel_tool_calls=req.parallel_tool_calls is not False,
     )
+    guard = plan_guard(plan, config, req.max_thinking_tokens)
+    if guard is not None:
+        plan = replace(plan, guard=guard)
     _check_cost(plan, server.max_request_tokens)
     return plan
 

@@ -40,6 +40,7 @@ from ponder.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
+from ponder import guard
 from ponder.pricing import price
 from ponder.strategies import get_strategy
 from ponder.strategies.base import Meter, StrategyResult
@@ -219,8 +220,8 @@ class Run:
     async def _choices(self, plan: "Plan", meter: Meter) -> list[StrategyResult]:
         backend = await self.deps.engines.get_async(plan.lane)
         strategy = plan.runner or get_strategy(plan.strategy)
-        # client tools: the answer may be a call, which is only known once it is complete
-        live = strategy.info.streams_live and plan.escalation is None and not plan.client_tools
+        # client tools and guard actions: the answer is only known once it is complete (and checked)
+        live = strategy.info.streams_live and plan.escalation is None and not plan.client_tools and plan.guard is None
         # the attempt's own token: a failed choice stops its siblings without cancelling the request
         cancel = self.cancel.child()
 
@@ -235,6 +236,7 @@ class Run:
             else:
                 result = await strategy.run(request, backend, plan.strategy_params)
             _check_forced_call(plan, result)
+            result = await guard.check(self.deps, plan, request, result, backend, i, self.deadline, meter)
             if not live:
                 self._replay_chosen(i, result)
             elif i not in self._answer_streamed and result.chosen.answer:

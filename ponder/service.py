@@ -114,14 +114,25 @@ class Ponder:
         plan = plan_request(req, self.config, policy=self.policy, router=self.router, score=score)
         backend = await self.engines.get_async(plan.lane)
         escalation = await self.engines.get_async(plan.escalation.lane) if plan.escalation is not None else None
-        return self._fit(plan, backend, escalation)
+        retry = _guard_retry(plan)
+        guard_engine = await self.engines.get_async(retry.lane) if retry is not None else None
+        return self._fit_guard(self._fit(plan, backend, escalation), guard_engine)
 
     def prepare_sync(self, req: PonderRequest) -> Plan:
         """:meth:`prepare` for synchronous callers (the lab, distillation, tests): no llm router."""
         self.probe()
         plan = plan_request(req, self.config, policy=self.policy, router=self.router)
         escalation = self.engines.get(plan.escalation.lane) if plan.escalation is not None else None
-        return self._fit(plan, self.engines.get(plan.lane), escalation)
+        retry = _guard_retry(plan)
+        guard_engine = self.engines.get(retry.lane) if retry is not None else None
+        return self._fit_guard(self._fit(plan, self.engines.get(plan.lane), escalation), guard_engine)
+
+    def _fit_guard(self, plan: Plan, engine: Backend | None) -> Plan:
+        """The guard's escalation is fitted (prompt rendered, budget clamped) like the request itself."""
+        retry = _guard_retry(plan)
+        if retry is None or engine is None:
+            return plan
+        return replace(plan, guard=replace(plan.guard, retry=self._fit(retry, engine, None)))
 
     def _fit(self, plan: Plan, backend: Backend, escalation: Backend | None) -> Plan:
         """Fit the request to the engine's context before any work: clamp the budget or refuse.
@@ -241,6 +252,10 @@ class Ponder:
 
     async def summarize(self, thinking: str, **kw) -> tuple[str, Usage, float]:
         return await self.deps.summarize(thinking, **kw)
+
+
+def _guard_retry(plan: Plan) -> Plan | None:
+    return plan.guard.retry if plan.guard is not None else None
 
 
 def _tools_note(plan: Plan, tool_cache) -> str | None:

@@ -69,6 +69,7 @@ async def start(gw: Gateway, request: Request, rid: str, parse: Parse, *,
         if after is not None and outcome.error is None:
             await after(outcome)
         await ticket.release(outcome)
+        gw.observe(outcome, key_name, ticket.reservation)
         gw.runs.pop(rid, None)
         gw.log_access(rid, key_name, outcome.lane, outcome.status, outcome, outcome.timings.total_s,
                       outcome.error.code if outcome.error else None)

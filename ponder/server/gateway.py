@@ -16,6 +16,7 @@ from ponder.run import Run
 from ponder.server.admission import Gate
 from ponder.server.metrics import Metrics
 from ponder.server.shedding import Shedder
+from ponder.server.watch import Watch, remaining_after
 from ponder.service import Ponder
 
 access = logging.getLogger("ponder.access")
@@ -31,10 +32,13 @@ class Gateway:
         self.shedder = Shedder(self.server.shedding, self.config.thinking.effort_table())
         self.tenancy = tenancy
         self.gate = Gate(service, self.shedder, tenancy)
+        self.watch = Watch(self.server.anomaly, self.metrics)
         #: runs in flight by request id
         self.runs: dict[str, tuple[Run, asyncio.Task]] = {}
         self.draining = False
         self._drain_task: asyncio.Task | None = None
+        #: engines /ready started loading (lanes not loaded at start-up)
+        self.loading: dict[str, asyncio.Task] = {}
         #: what route groups opened and the lifespan closes (conversation stores)
         self.closers: list = []
 
@@ -67,6 +71,12 @@ class Gateway:
         for close in self.closers:
             await close()
         await self.service.aclose()
+
+    def observe(self, outcome: Outcome, key: str | None, reservation: Any) -> None:
+        """Spike detection and burn rate for a finished request (key names only: configured keys)."""
+        label = self.metrics.key_label(key) if key is not None else None
+        self.watch.observe(outcome.lane, label, outcome.usage.thinking_tokens, outcome.cost_usd,
+                           remaining_after(reservation, outcome))
 
     def log_access(self, rid: str, key: str | None, lane: str, status: int, outcome: Outcome | None,
                    seconds: float, code: str | None) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ponder import __version__
@@ -21,6 +23,14 @@ def register(app: FastAPI, gw: Gateway) -> None:
         return {"status": "draining" if gw.draining else "ok", "version": __version__,
                 "lanes": [lane.name for lane in config.lanes], "in_flight": len(gw.runs)}
 
+    @app.get("/ready", responses={503: {"description": "not ready: the failing checks are named"}})
+    async def ready():
+        """Readiness (distinct from liveness): take traffic only when every check passes."""
+        checks = await readiness(gw)
+        ok = all(c["ok"] for c in checks.values()) and not gw.draining
+        body = {"ready": ok, "draining": gw.draining, "checks": checks}
+        return body if ok else JSONResponse(body, status_code=503)
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [model_card(lane, gw) for lane in config.lanes] + [dict(_AUTO)]}
@@ -37,6 +47,37 @@ def register(app: FastAPI, gw: Gateway) -> None:
     @app.get("/metrics")
     async def prometheus():
         return Response(render_metrics(gw), media_type=CONTENT_TYPE_LATEST)
+
+
+async def readiness(gw: Gateway) -> dict:
+    """Local models loaded, upstream lanes probed, the quota store reachable."""
+    from ponder.backends.registry import lane_has, unprobed
+
+    checks: dict = {}
+    for lane in gw.config.lanes:
+        if lane_has(lane, "local_model"):
+            loaded = gw.service.cached_backend(lane) is not None
+            task = gw.loading.get(lane.name)
+            what = "model loaded" if loaded else "loading the model"
+            if not loaded and task is not None and task.done() and task.exception() is not None:
+                what = f"model failed to load: {task.exception()}"
+                gw.loading.pop(lane.name)  # the next probe tries again
+            elif not loaded and task is None:  # load it now: readiness must converge on its own
+                gw.loading[lane.name] = asyncio.ensure_future(gw.service.backend_async(lane))
+            checks[f"lane:{lane.name}"] = {"ok": loaded, "what": what}
+        else:
+            probed = not unprobed([lane])
+            checks[f"lane:{lane.name}"] = {"ok": probed, "what": "upstream probed" if probed else
+                                           "upstream not probed yet (unreachable?)"}
+    if gw.tenancy is not None:
+        from ponder.tenancy.store import StoreUnavailable
+
+        try:
+            await asyncio.wait_for(gw.tenancy.store.ping(), 3.0)
+            checks["quota_store"] = {"ok": True, "what": "reachable"}
+        except (StoreUnavailable, asyncio.TimeoutError) as exc:
+            checks["quota_store"] = {"ok": False, "what": f"unreachable: {exc}"}
+    return checks
 
 
 def model_card(lane, gw: Gateway) -> dict:

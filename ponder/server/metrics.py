@@ -40,6 +40,14 @@ class Metrics:
         self.key_tokens = Counter("ponder_key_tokens", "Tokens per API key", ["key", "kind"], registry=r)
         self.key_cost = Counter("ponder_key_cost_usd", "Dollars per API key", ["key"], registry=r)
         self.cache = Counter("ponder_cache", "Answer cache lookups", ["result"], registry=r)
+        self.flags = Counter("ponder_flags", "Answers flagged (give_up, disagreement, ...: see ponder.flags)",
+                             ["lane", "flag"], registry=r)
+        self.anomalies = Counter("ponder_thinking_anomaly", "Requests (or a key's minute of spend) far above their "
+                                 "rolling baseline", ["scope", "name"], registry=r)
+        self.cap_eta = Gauge("ponder_key_cap_eta_seconds", "When a key reaches a cap at its recent burn rate",
+                             ["key", "cap"], registry=r)
+        self.guard_actions = Counter("ponder_guard_actions", "Guard actions taken on flagged answers",
+                                     ["lane", "action"], registry=r)
         # a lane's fleet of engine replicas (read from the engine at scrape time)
         self.replica_in_flight = Gauge("ponder_upstream_replica_in_flight", "Calls in flight on an engine replica",
                                        ["lane", "replica"], registry=r)
@@ -109,6 +117,7 @@ class Metrics:
             self.cache.labels("hit" if c.get("hit") else "miss").inc()
         if lane != outcome.plan.lane.name:
             self.fallbacks.labels(lane).inc()
+        self._flags(lane, outcome.extra)
         k = self.key_label(outcome.key)
         self.key_requests.labels(k, status).inc()
         k_in, k_think, k_answer, k_cost = self._key(k)
@@ -116,6 +125,18 @@ class Metrics:
         k_think.inc(u.thinking_tokens)
         k_answer.inc(u.answer_tokens)
         k_cost.inc(max(0.0, outcome.cost_usd))
+
+    def _flags(self, lane: str, extra: dict) -> None:
+        """Every checked answer's flags: the returned ones, and those of answers a guard action replaced."""
+        guards = extra.get("guard")
+        guards = guards if isinstance(guards, list) else [guards] if guards else []
+        for f in extra.get("flags") or []:
+            self.flags.labels(lane, f["flag"]).inc()
+        for g in guards:
+            if "skipped" not in g:
+                self.guard_actions.labels(lane, g["action"]).inc()
+                for f in g.get("flags_before") or []:
+                    self.flags.labels(lane, f["flag"]).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

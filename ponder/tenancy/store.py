@@ -72,6 +72,10 @@ class QuotaStore:
         """Settled + reserved amount in each ask's window (for headers and tests)."""
         raise NotImplementedError
 
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` when the store cannot be reached (readiness)."""
+        return None
+
     async def aclose(self) -> None:
         pass
 
@@ -251,6 +255,10 @@ class RedisStore(QuotaStore):
             return await fn()
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from None
+
+    async def ping(self) -> None:
+        client, _ = self._client()
+        await self._call(client.ping)
 
     async def reserve(self, key: str, asks: list[Ask], owner: str, lease_s: float) -> Grant:
         client, (reserve, _) = self._client()

@@ -135,6 +135,14 @@ class Tenancy:
                 plan = replace(plan, strategy_params=_with_count(plan, name, new))
         if budget is not plan.budget or clamped != plan.clamped:
             plan = replace(plan, budget=budget, clamped=clamped)
+        retry = plan.guard.retry if plan.guard is not None else None
+        if retry is not None:  # the guard's escalation is held to the key's caps too (ponder's choice: no error)
+            cap = min([c for _, c in caps] or [retry.budget.max_tokens])
+            if retry.budget.max_tokens > cap:
+                retry = replace(retry, budget=replace(retry.budget, max_tokens=cap,
+                                                      min_tokens=min(retry.budget.min_tokens, cap)))
+                plan = replace(plan, guard=replace(plan.guard, retry=retry if cap > plan.budget.max_tokens
+                                                   or retry.lane is not plan.lane else None))
         return plan
 
     # -- quotas ----------------------------------------------------------------------------
@@ -162,6 +170,9 @@ class Tenancy:
                        answer_tokens=e_per * e.sampling.max_answer_tokens)
             cost += price(ew, e.lane.prices)
             worst = worst + ew
+        if plan.guard is not None:  # a guard action spends only what was reserved for it
+            g_think, g_usage, g_cost = plan.guard.worst_case_usage(plan, 0)
+            think, worst, cost = think + g_think, worst + g_usage, cost + g_cost
         out = []
         if lim.requests_per_minute is not None:
             out.append(Ask("requests", f"requests:m{minute}", 1, lim.requests_per_minute, (minute + 1) * 60))
