@@ -33,6 +33,7 @@ class Gateway:
         self.tenancy = tenancy
         self.gate = Gate(service, self.shedder, tenancy)
         self.watch = Watch(self.server.anomaly, self.metrics)
+        self.watch.start_series([lane.name for lane in self.config.lanes], [k.name for k in self.config.auth.keys])
         #: runs in flight by request id
         self.runs: dict[str, tuple[Run, asyncio.Task]] = {}
         self.draining = False

@@ -43,7 +43,7 @@ class Metrics:
         self.flags = Counter("ponder_flags", "Answers flagged (give_up, disagreement, ...: see ponder.flags)",
                              ["lane", "flag"], registry=r)
         self.anomalies = Counter("ponder_thinking_anomaly", "Requests (or a key's minute of spend) far above their "
-                                 "rolling baseline", ["scope", "name"], registry=r)
+                                 "rolling baseline", ["scope", "subject"], registry=r)
         self.cap_eta = Gauge("ponder_key_cap_eta_seconds", "When a key reaches a cap at its recent burn rate",
                              ["key", "cap"], registry=r)
         self.guard_actions = Counter("ponder_guard_actions", "Guard actions taken on flagged answers",

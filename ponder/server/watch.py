@@ -5,7 +5,7 @@ exponential moving average over about ``1/alpha`` requests); a request far
 above its baseline (``factor`` times and ``min_excess_tokens`` more, once
 ``min_requests`` are in it) is a spike.  Per key, the dollars of each minute
 against the key's average minute.  Each spike counts in
-``ponder_thinking_anomaly_total{scope,name}`` and is logged with the key's
+``ponder_thinking_anomaly_total{scope,subject}`` and is logged with the key's
 *name* (never its secret).
 
 Burn rate: a key's spend and thinking tokens over the last ``window_s``
@@ -59,6 +59,17 @@ class Watch:
         self.metrics = metrics
         self.baselines: dict[tuple[str, str], Baseline] = {}
         self.keys: dict[str, KeyFlow] = {}
+
+    def start_series(self, lanes: list[str], keys: list[str]) -> None:
+        """Export every spike series at 0 from the start: ``increase()`` cannot see a counter's first step
+        when the series first appears at 1."""
+        if self.metrics is None:
+            return
+        for lane in lanes:
+            self.metrics.anomalies.labels("lane", lane)
+        for key in keys:
+            self.metrics.anomalies.labels("key", key)
+            self.metrics.anomalies.labels("key_cost", key)
 
     def observe(self, lane: str, key: str | None, thinking: int, cost: float, remaining: dict | None = None,
                 now: float | None = None) -> list[dict]:
