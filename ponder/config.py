@@ -20,8 +20,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ponder.config_base import _Strict, _word
-from ponder.config_ops import (AnomalyConfig, AuthConfig, CacheConfig, ConversationsConfig, GuardsConfig, KeyConfig, KeyLimits,
-                               LedgerConfig, StateConfig)
+from ponder.config_ops import (AnomalyConfig, AuthConfig, CacheConfig, ConversationsConfig, GuardsConfig, KeyConfig,
+                               KeyLimits, LedgerConfig, StateConfig, TelemetryConfig)
 from ponder.errors import ConfigError
 from ponder.thinking.budget import DEFAULT_EFFORTS, DEFAULT_MAX_BUDGET, EffortTable
 from ponder.thinking.machine import LoopGuardSettings
@@ -260,6 +260,7 @@ class PonderConfig(_Strict):
     ledger: LedgerConfig = LedgerConfig()
     cache: CacheConfig = CacheConfig()
     conversations: ConversationsConfig = ConversationsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @field_validator("policy", mode="before")
     @classmethod

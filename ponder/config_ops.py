@@ -170,3 +170,11 @@ class AnomalyConfig(_Strict):
     min_excess_tokens: int = Field(256, ge=0)
     alpha: float = Field(0.05, gt=0, le=1)
     window_s: float = Field(900.0, gt=0)
+
+
+class TelemetryConfig(_Strict):
+    """OpenTelemetry traces: exported over OTLP/HTTP when ``otlp_endpoint`` is set; nothing otherwise."""
+
+    #: e.g. ``http://127.0.0.1:4318/v1/traces`` (an OpenTelemetry collector, Jaeger, Tempo)
+    otlp_endpoint: str | None = None
+    service_name: str = "ponder"

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ponder.thinking.extract import (answer_like, extract_answer, extract_answer_line, extract_boxed,
                                     last_stated_result, strip_tags)
-from ponder.thinking.loop_guard import LoopGuard, text_units
+from ponder.thinking.loop_guard import text_units
 from ponder.types import Generation
 
 
@@ -126,9 +126,11 @@ def _truncated(g: Generation, kind: str) -> Flag | None:
 def _repetition(g: Generation, kind: str) -> Flag | None:
     if g.thinking_report.stopped == "repetition":
         return Flag("repetition", {"where": "thinking", "by": "loop guard"})
-    for where, text in (("answer", g.answer), ("thinking", g.thinking)):
-        if text and (_loops(text) or _repeated_line(text)):
-            return Flag("repetition", {"where": where})
+    if g.answer and (_loops(g.answer) or _repeated_line(g.answer)):
+        return Flag("repetition", {"where": "answer"})
+    # the loop guard watched the thinking as it was generated; a block repeated earlier in it is still a loop
+    if g.thinking and _repeated_line(g.thinking):
+        return Flag("repetition", {"where": "thinking"})
     return None
 
 
@@ -152,13 +154,17 @@ _ENDS_IN_RESULT = re.compile(r"(?:=|\bis|\bequals|\bare|\bwas)\s*(?:exactly\s+|a
                              r"\$?-?\d[\d,./]*(?:\s*[%°\w]+){0,2}\W*$", re.IGNORECASE)
 
 
+CONCLUSION_CHARS = 600
+
+
 def _conclusion(thinking: str) -> str | None:
     """The result the thinking concluded with: a boxed value, an answer statement, or a sentence ending in one.
 
     A trace whose last numbered sentence restates the question ("a number between 1 and 100", "144 / 12 + 3")
     concluded nothing, and so cannot disagree with the answer.
     """
-    stated = last_stated_result(thinking)
+    # a conclusion is where the trace ends: its tail is enough (and keeps the check cheap on long traces)
+    stated = last_stated_result(thinking[-CONCLUSION_CHARS:])
     if stated is None:
         return None
     if extract_boxed(stated) or extract_answer_line(stated) or _ENDS_IN_RESULT.search(stated):
@@ -166,9 +172,18 @@ def _conclusion(thinking: str) -> str | None:
     return None
 
 
-def _loops(text: str) -> bool:
-    guard = LoopGuard(max_period=48, repeats=3, min_span=24)
-    return guard.feed_many(text_units(text))
+def _loops(text: str, max_period: int = 48, repeats: int = 3, min_span: int = 24) -> bool:
+    """The loop guard's test, once on the whole text: does it end in one block of units repeated?"""
+    units = text_units(text)
+    n = len(units)
+    for period in range(1, max_period + 1):
+        reps = max(repeats, -(-min_span // period))
+        span = period * reps
+        if period * repeats > n:
+            break
+        if span <= n and units[n - span:] == units[n - period:] * reps:
+            return True
+    return False
 
 
 def _repeated_line(text: str, times: int = 3, min_chars: int = 16) -> bool:

@@ -36,7 +36,6 @@ from ponder.errors import (
     DeadlineExceeded,
     PonderError,
     ShuttingDown,
-    ToolChoiceIgnored,
     UpstreamRateLimited,
     UpstreamTimeout,
 )
@@ -45,6 +44,8 @@ from ponder.pricing import price
 from ponder.strategies import get_strategy
 from ponder.strategies.base import Meter, StrategyResult
 from ponder.summaries import Summarizer
+from ponder.telemetry import CURRENT, span
+from ponder.tools.forced import check_forced_call
 from ponder.thinking.machine import AnswerDelta, Event, ThinkingDelta
 from ponder.outcome import (
     Attempt,
@@ -97,6 +98,8 @@ class Run:
         self.summaries = Summarizer(deps.summarize, self.cancel, self.events, deps.config.server.summary_every_tokens,
                                     self.id)
         self._accounted = False
+        #: the request's trace (:mod:`ponder.telemetry`; None when telemetry is off)
+        self.trace = None
 
     # -- live figures (progress chunks, write-ahead flushes, shedding) ---------------
     @property
@@ -116,6 +119,9 @@ class Run:
     async def execute(self) -> Outcome:
         """Run to the end.  Never raises: failures are in the outcome (and an :class:`Ended` event)."""
         ledger = self.deps.ledger
+        telemetry = self.deps.telemetry
+        token = telemetry.begin() if telemetry is not None else None
+        self.trace = CURRENT.get() if token is not None else None
         ledger.open(self._row(status="running"))
         self.deps.running.add(self)
         attempts: list[Attempt] = []
@@ -128,7 +134,9 @@ class Run:
         hit = None
         try:
             if ckey is not None and self.plan.cache == "use":
-                hit = await cache.get(ckey)
+                with span("cache lookup", **{"ponder.cache.backend": cache.url.split(":")[0]}) as attrs:
+                    hit = await cache.get(ckey)
+                    attrs["ponder.cache.hit"] = hit is not None
             if hit is not None:
                 results = hit.results
                 self._cache_info = {"hit": True, "age_s": round(hit.age_s, 3),
@@ -180,6 +188,8 @@ class Run:
             outcome = self._build(plan_used, results, attempts, status, error)
             self.outcome = outcome
             await self._account(outcome)
+            if token is not None:
+                telemetry.end(token, outcome, time.time() - self.elapsed())
             self.events.put_nowait(Ended(outcome))
         return outcome
 
@@ -235,7 +245,7 @@ class Run:
                 result = await run_cascade(self.deps, plan, request, i, self.deadline, meter)
             else:
                 result = await strategy.run(request, backend, plan.strategy_params)
-            _check_forced_call(plan, result)
+            check_forced_call(plan, result)
             result = await guard.check(self.deps, plan, request, result, backend, i, self.deadline, meter)
             if not live:
                 self._replay_chosen(i, result)
@@ -373,17 +383,11 @@ class _ChoiceSink:
         self.run, self.index, self.live = run, index, live
 
     def sample_event(self, sid: int, event: Event) -> None:
+        if self.run.trace is not None:
+            self.run.trace.sample_seen(self.index, sid)
         self.run._sample_event(self.index, sid, event, self.live)
 
     def sample_done(self, sid: int, generation: Generation) -> None:
         self.run._live_used[(self.index, sid)] = generation.usage.thinking_tokens
-
-
-def _check_forced_call(plan: "Plan", result: StrategyResult) -> None:
-    """A forced ``tool_choice`` must come back as a call: an answer without one is an error, not a success."""
-    from ponder.tools.forced import forced_names
-
-    names = forced_names(plan.client_tools, plan.tool_choice) if plan.client_tools else None
-    if names and not any(c["function"]["name"] in names for c in answer_and_calls(result, plan)[1]):
-        raise ToolChoiceIgnored(f"tool_choice required a call to {' or '.join(names)}, and the engine on lane "
-                                f"{plan.lane.name!r} answered without one", param="tool_choice")
+        if self.run.trace is not None:
+            self.run.trace.sample_done(self.index, sid, generation)

@@ -31,6 +31,8 @@ class RunDeps:
     cascade: Any = None
     #: runs in flight (the service flushes their spend to the ledger)
     running: set = field(default_factory=set)
+    #: OpenTelemetry traces (:class:`ponder.telemetry.Telemetry`; None: off, and free)
+    telemetry: Any = None
 
     def strategy_request(self, plan: Any, cancel: CancelToken, *, seed_offset: int = 0,
                          deadline: Deadline | None = None, meter: Meter | None = None,

@@ -26,6 +26,7 @@ from ponder.routing import build_router
 from ponder.routing.policy import RoutingPolicy
 from ponder.run import Run
 from ponder.runtime import RunDeps, toolbox_of
+from ponder.telemetry import build_telemetry
 from ponder.types import Message, ThinkingBudget, Usage
 
 
@@ -54,7 +55,8 @@ class Ponder:
         self.deps = RunDeps(config=config, engines=self.engines,
                             ledger=ledger if ledger is not None else open_ledger(config.ledger),
                             answer_cache=AnswerCache(config.cache, config.state.url), tool_cache=ToolCache(),
-                            cascade=policy.cascade if policy is not None else None)
+                            cascade=policy.cascade if policy is not None else None,
+                            telemetry=build_telemetry(config))
         if policy is not None:
             policy.check_against(config)
             fast = config.lane(policy.lane_name(policy.bands[0], config))
@@ -93,6 +95,8 @@ class Ponder:
         shutdown_pool()
         await self.deps.answer_cache.aclose()
         self.ledger.close()
+        if self.deps.telemetry is not None:
+            self.deps.telemetry.shutdown()  # flushes the spans still batched
 
     def close(self) -> None:
         """Synchronous close (CLI)."""

@@ -32,6 +32,7 @@ import os
 import re
 from typing import Any, Callable, Sequence
 
+from ponder.telemetry import span
 from ponder.backends.base import Backend, BackendInfo, SampleSpec
 from ponder.backends.http import ConnectFailed, ConnectionCut, HttpPool, Response
 from ponder.errors import (
@@ -179,6 +180,10 @@ class OpenAICompatBackend(Backend, ChatEngine):
             fired.append(True)  # a late callback must not cancel whatever this task does next
 
     async def _stream(self, body: dict, stats: StreamStats, on_piece: Callable[[ChatPiece], bool]) -> None:
+        with span("POST /chat/completions", **{"server.address": self.base_url, "ponder.lane": self.name}):
+            await self._stream_chat(body, stats, on_piece)
+
+    async def _stream_chat(self, body: dict, stats: StreamStats, on_piece: Callable[[ChatPiece], bool]) -> None:
         parser = DeltaParser(self.info.reasoning_format)
         try:
             try:

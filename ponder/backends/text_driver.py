@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from ponder.telemetry import span
 from ponder.backends.base import CONTROL_SLACK, SampleSpec
 from ponder.backends.dialects import CallEnd
 from ponder.backends.replicas import AFFINITY_CHARS
@@ -65,7 +66,9 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
                                                stop=(), n_probs=n_probs, grammar=grammar, stream=True)
         backend.replicas.started(replica)
         try:
-            decision, end = await _stream(backend, replica, body, m, spec, deadline)
+            with span("POST /completions", **{"server.address": replica.url, "ponder.lane": backend.name,
+                                              "ponder.phase": m.phase}):
+                decision, end = await _stream(backend, replica, body, m, spec, deadline)
         except UpstreamUnreachable:
             backend.replicas.finished(replica, refused=True)
             if first and not m.text and ranked:  # nothing generated yet: the next replica takes the sample

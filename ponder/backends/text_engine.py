@@ -22,6 +22,7 @@ import json
 import logging
 from typing import Callable, Sequence
 
+from ponder.telemetry import span
 from ponder.backends.base import BackendInfo, Completion, Prompt, SampleSpec, prompt_key
 from ponder.backends.dialects import LlamaServerDialect
 from ponder.backends.http import ConnectFailed, ConnectionCut
@@ -109,7 +110,8 @@ class TextEngineBackend(OpenAICompatBackend):
         for i, replica in enumerate(ranked):
             self.replicas.started(replica)
             try:
-                out = await self._post_to(replica, path, body)
+                with span(f"POST {path}", **{"server.address": replica.url, "ponder.lane": self.name}):
+                    out = await self._post_to(replica, path, body)
             except UpstreamUnreachable:
                 self.replicas.finished(replica, refused=True)
                 if i + 1 < len(ranked):

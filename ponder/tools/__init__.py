@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ponder.state import TtlLru
+from ponder.telemetry import CURRENT
 from ponder.tools.calculator import CalculatorError, calculate
 
 TOOLS: dict[str, dict] = {
@@ -163,6 +164,12 @@ class ToolBox:
             text, ok = f"error: the tool could not run ({type(exc).__name__})", False
             record["error"] = f"{type(exc).__name__}: {exc}"[:200]
         elapsed = time.perf_counter() - t0
+        trace = CURRENT.get()
+        if trace is not None:
+            now = time.time()
+            trace.add(f"execute_tool {name}", now - elapsed, now, {"gen_ai.operation.name": "execute_tool",
+                                                                  "gen_ai.tool.name": name, "ponder.tool.ok": ok,
+                                                                  "ponder.tool.error": record["error"]})
         self.seconds += elapsed
         record["seconds"] = round(elapsed, 4)
         if ok and self.cache is not None and self.limits.cache_ttl_s > 0:

@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from ponder.errors import InvalidRequest
+from ponder.errors import InvalidRequest, ToolChoiceIgnored
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -80,3 +80,16 @@ def call_grammar(tools: Sequence[dict], tool_choice: Any) -> str | None:
                              f"{exc}", param="tools") from None
     body = re.sub(r"(?m)^root ::=", "tool-call-json ::=", body)
     return f'root ::= "{OPEN}" tool-call-json "{CLOSE}"\n' + body
+
+
+def check_forced_call(plan: Any, result: Any) -> None:
+    """A forced ``tool_choice`` must come back as a call: an answer without one is an error, not a success."""
+    from ponder.tools.client import split_calls
+
+    names = forced_names(plan.client_tools, plan.tool_choice) if plan.client_tools else None
+    if not names:
+        return
+    calls = split_calls(result.answer, [t["function"]["name"] for t in plan.client_tools])[1]
+    if not any(c["function"]["name"] in names for c in (calls if plan.parallel_tool_calls else calls[:1])):
+        raise ToolChoiceIgnored(f"tool_choice required a call to {' or '.join(names)}, and the engine on lane "
+                                f"{plan.lane.name!r} answered without one", param="tool_choice")
