@@ -32,7 +32,7 @@ from ponder.errors import ConfigError, PonderError
 from ponder.lab.config import BenchConfig, Point, is_pooled
 from ponder.lab.inputs import build_config, load_items, model_manifest  # noqa: F401  (re-exported)
 from ponder.lab.pool import SamplePool
-from ponder.lab.progress import Tracker, plan_line, planned_generations, progress_bar
+from ponder.lab.progress import Tracker, plan_line, planned_generations, planned_tokens, progress_bar
 from ponder.lab.tasks import Item, sha256_text
 from ponder.service import Ponder
 from ponder.planning import plan_request
@@ -232,6 +232,8 @@ class RunOutcome:
     interrupted: bool
     engine_s: float
     new_lines: int
+    #: the first time estimate against the real duration: {"said_s", "took_s"} (None: none was made)
+    estimate: dict | None = None
 
 
 def prepare(cfg: BenchConfig, out: Path, *, resume: bool) -> BenchConfig:
@@ -287,13 +289,18 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
              if any((p.key, it.id) not in state.done for p in points[lane.name])]
     todo = sum(planned_generations(cfg, [p for p in points[lane.name] if (p.key, it.id) not in state.done])
                for lane, it in units)
+    efforts = config.thinking.efforts
+    cap_of = lambda b: int(b.split("=", 1)[1]) if b.startswith("think=") else efforts.get(b.split("=", 1)[1], 0)  # noqa: E731
+    planned = sum(planned_tokens(cfg, [p for p in points[lane.name] if (p.key, it.id) not in state.done], cap_of)
+                  for lane, it in units)
     announce(plan_line(cfg, len(items), sum(len(v) for v in points.values()), todo, len(state.done)))
     bar = progress_bar(todo, progress)
     t_start = time.perf_counter()
     log = (out / SAMPLES).open("a", encoding="utf-8")
     cancel = CancelToken()
     sem = asyncio.Semaphore(cfg.concurrency)
-    sink = _Progress(Tracker(state, todo, bar, announce).on_generation)
+    tracker = Tracker(state, todo, bar, announce, planned=planned, answer_tokens=cfg.answer_tokens)
+    sink = _Progress(tracker.on_generation)
 
     async def unit(lane: LaneConfig, item: Item) -> None:
         async with sem:
@@ -319,12 +326,15 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
         if close:
             for b in ponder.backends():
                 await b.aclose()
+    if not interrupted:
+        tracker.finish()
+    estimate = tracker.report()
     if interrupted:
         announce(f"interrupted: finished configurations are in {out / SAMPLES}; continue with "
                  f"`ponder bench --resume --out {out}`")
     return RunOutcome(out=out, lines=read_samples(out), items=items, config=config, manifest=manifest,
                       wall_s=time.perf_counter() - t_start, interrupted=interrupted, engine_s=state.engine_s,
-                      new_lines=state.lines)
+                      new_lines=state.lines, estimate=estimate)
 
 
 async def _gather_until_interrupted(tasks: list[asyncio.Future], cancel: CancelToken) -> bool:
