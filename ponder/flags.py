@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ponder.thinking.extract import (answer_like, extract_answer, extract_answer_line, extract_boxed,
-                                    last_stated_result, strip_tags)
+from ponder.thinking.extract import (answer_like, bare_statement, extract_answer, extract_answer_line,
+                                    extract_boxed, last_stated_result, strip_tags)
 from ponder.thinking.loop_guard import text_units
 from ponder.types import Generation
 
@@ -79,8 +79,6 @@ _GIVE_UP = re.compile(
     r"(?:i|we)\s+(?:do not|don't)\s+(?:currently\s+)?(?:have|know)|"
     r"(?:i'm|i am) (?:not sure|sorry|afraid)|as an ai\b|unknowable|no one (?:can|knows))",
     re.IGNORECASE)
-#: an answer statement with nothing after it ("The final answer is .")
-_EMPTY_STATEMENT = re.compile(r"^\W*(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\W*$", re.IGNORECASE)
 
 
 @detector("give_up", "the answer refuses or doubts in words (\"I cannot determine...\", \"not enough "
@@ -89,7 +87,7 @@ def _give_up(g: Generation, kind: str) -> Flag | None:
     answer = strip_tags(g.answer or "").strip()
     if not answer:
         return Flag("give_up", {"why": "empty answer"}) if g.thinking_report.used or g.thinking else None
-    if _EMPTY_STATEMENT.match(answer):
+    if bare_statement(answer):
         return Flag("give_up", {"why": "an answer statement without a value"})
     m = _GIVE_UP.search(answer)
     if m:

@@ -156,6 +156,16 @@ def extract_choice(text: str) -> str | None:
     return m.group(1).upper() if m else None
 
 
+#: an answer statement with no value after it ("The final answer is .", "Answer:"): no answer, and so no vote
+_BARE_STATEMENT = re.compile(r"^\W*(?:so,?\s+|therefore,?\s+|thus,?\s+)?(?:the\s+|my\s+|this\s+)?"
+                             r"(?:final\s+|correct\s+)?(?:answer|result|total)\s*(?:is|=|:)?\W*$", re.IGNORECASE)
+
+
+def bare_statement(text: str) -> bool:
+    """An answer statement with nothing stated ("The final answer is .")."""
+    return bool(_BARE_STATEMENT.match(strip_tags(text or "").strip()))
+
+
 def extract_answer(text: str, *, kind: str = "auto") -> str | None:
     """Best-effort final answer.
 
@@ -182,6 +192,8 @@ def extract_answer(text: str, *, kind: str = "auto") -> str | None:
     for cand in (boxed, statement):
         if cand:
             return _numberish(cand) or _clean(cand)
+    if _BARE_STATEMENT.match(text.strip()):
+        return None
     if kind == "text":
         stripped = _clean(text)
         return stripped or None
