@@ -111,6 +111,8 @@ class LaneConfig(_Strict):
     tools: ToolsConfig = ToolsConfig()
     #: what a flagged answer triggers (escalate, vote): see ponder.flags
     guards: GuardsConfig = GuardsConfig()
+    #: early exit by probing for this lane's requests: true, or {probe_every, agree, probe_tokens}
+    early_exit: bool | dict[str, int] = False
 
     @field_validator("effort", mode="before")
     @classmethod

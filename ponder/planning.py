@@ -70,6 +70,8 @@ class Plan:
     runner: Any = field(default=None, compare=False, repr=False)
     #: what the lane does about flagged answers (:class:`ponder.guard.GuardPlan`; None: report only)
     guard: Any = None
+    #: early exit by probing (:class:`ponder.strategies.probe.EarlyExit`; None: off)
+    early_exit: Any = None
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -163,7 +165,7 @@ def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any,
         tools=req.tools if req.tools is not None else tuple(lane.tools.enabled),
         cache=req.cache or ("use" if config.cache.enabled else "off"),
         client_tools=client_tools, tool_choice=tool_choice, runner=runner,
-        parallel_tool_calls=req.parallel_tool_calls is not False,
+        parallel_tool_calls=req.parallel_tool_calls is not False, early_exit=_early_exit(req, lane),
     )
     guard = plan_guard(plan, config, req.max_thinking_tokens)
     if guard is not None:
@@ -225,6 +227,17 @@ def _strategy(req: PonderRequest, server: Any, lane: LaneConfig, band: Any) -> t
                              f"API cannot resume a half-written thought), which lane {lane.name!r} lacks",
                              param="ponder.strategy")
     return name, runner, params
+
+
+def _early_exit(req: PonderRequest, lane: LaneConfig) -> Any:
+    """The request's early exit (else the lane's); it needs an engine that continues raw text."""
+    from ponder.strategies.probe import EarlyExit
+
+    exit_ = EarlyExit.of(req.early_exit if req.early_exit is not None else lane.early_exit)
+    if exit_ is not None and not lane_has(lane, "text_completion"):
+        raise InvalidRequest(f"early_exit probes the trace as it is thought, which needs an engine that continues "
+                             f"raw text (text_completion); lane {lane.name!r} lacks it", param="ponder.early_exit")
+    return exit_
 
 
 def _deadline(req: PonderRequest, default: float | None) -> float | None:

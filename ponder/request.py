@@ -66,6 +66,8 @@ class PonderRequest:
     cache: str | None = None
     #: built-in tools inside the thinking (None: the lane's)
     tools: tuple[str, ...] | None = None
+    #: early exit by probing: True, False, or {probe_every, agree, probe_tokens} (None: the lane's)
+    early_exit: Any = None
     output_format: OutputFormat | None = None
     logprobs: bool = False
     top_logprobs: int = 0

@@ -69,6 +69,7 @@ def strategy_request(plan: Any, config: Any, tool_cache: Any, cancel: CancelToke
         tool_choice=plan.tool_choice,
         counter=Counter(),
         prompt=plan.prompt,
+        early_exit=plan.early_exit,
     )
 
 

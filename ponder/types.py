@@ -15,9 +15,9 @@ from typing import Literal
 #: Why thinking ended: the model ended it, the budget cut it, the loop guard
 #: stopped a repetition, thinking was off, the client left, the request's
 #: deadline came, the sequence filled the model's context, a confidence monitor gave up on the trace,
-#: or a tool limit was reached (the model was told to answer).
+#: a tool limit was reached (the model was told to answer), or probes found its answer settled (early exit).
 StopReason = Literal["end", "budget", "repetition", "none", "cancelled", "deadline", "context", "confidence",
-                     "tools"]
+                     "tools", "settled"]
 #: How a generation ended.  ``length``: the answer hit its token limit (or the
 #: context); ``deadline``: the request's deadline cut it.
 FinishReason = Literal["stop", "length", "cancelled", "deadline"]
@@ -146,6 +146,9 @@ class ThinkingReport:
     #: how many continuation cues ("Wait") were injected to reach ``min``.
     continuations: int = 0
     effort: str | None = None
+    #: early exit by probing: answer tokens the probes generated (billed as thinking), and probes made
+    probe_tokens: int = 0
+    probes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -201,3 +201,13 @@ def test_ponder_lanes_shows_what_the_probe_found(engine, tmp_path):
     assert {"text_completion", "grammar", "builtin_tools"} <= set(rows["engine"]["capabilities"])
     assert rows["engine"]["replicas"][0]["url"] == engine.url
     assert rows["hosted"]["capabilities"] == ["response_format"]  # never probed: a chat lane
+
+
+def test_early_exit_probes_the_trace_through_raw_completions(client, engine):
+    """Each segment continues the same text (llama-server's prompt cache holds it); the probes are billed."""
+    body, p = ask(client, max_tokens=16, temperature=0,
+                  extra_body={"max_thinking_tokens": 96, "ponder": {"early_exit": {"probe_every": 16, "agree": 2}}})
+    t = p["thinking"]
+    assert t["probes"] >= 1 and t["probe_tokens"] >= 1, t
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == t["used"] + t["probe_tokens"]
+    assert t["used"] <= 96 and t["stopped"] in ("end", "budget", "settled", "repetition")

@@ -29,6 +29,7 @@ def thinking_block(result: StrategyResult) -> dict:
         "truncated": rep.truncated,
         "stopped": rep.stopped,
         "continuations": rep.continuations,
+        **({"probe_tokens": rep.probe_tokens, "probes": rep.probes} if rep.probe_tokens or rep.probes else {}),
     }
 
 

@@ -94,6 +94,8 @@ class SampleSpec:
     answer_grace_s: float = 2.0
     #: hand the model this thinking as if it had thought it, then let it answer (the lab's audit)
     given_thinking: str | None = None
+    #: think on from this text (left open): a probed trace's next segment (text engines only)
+    resume_thinking: str | None = None
     #: built-in tools the model may call inside its thinking (:class:`ponder.tools.ToolBox`)
     tools: Any = field(default=None, compare=False)
     #: makes a per-sample monitor that may stop a trace early (confidence-based early termination)

@@ -138,10 +138,11 @@ class LlamaCppBackend(Backend):
         """The sample's prompt ids: the ones prepared with the request when they fit this sample, else rendered now."""
         note = spec.tools_note()
         p = spec.prompt
-        if spec.given_thinking is None and p is not None and p.ids is not None and \
-                p.serves(spec.messages, spec.budget, note):
+        if spec.given_thinking is None and spec.resume_thinking is None and p is not None and p.ids is not None \
+                and p.serves(spec.messages, spec.budget, note):
             return list(p.ids)
-        return self._prompt_ids(control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking, note))
+        return self._prompt_ids(control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking, note,
+                                                   resume_thinking=spec.resume_thinking))
 
     async def _consume(self, spec: SampleSpec, n_prompt: int, index: int, q: asyncio.Queue, machine, req: SeqRequest,
                        clock: control.Clock, on_event: EventSink | None) -> Generation:

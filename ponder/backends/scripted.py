@@ -92,7 +92,8 @@ class ScriptedBackend(Backend, ChatEngine):
 
         if not self.info.text_completion:
             return await chat_sample(self, spec, on_event=on_event, clock=clock)
-        prompt = control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking)
+        prompt = control.raw_prompt(self, spec.messages, spec.budget, spec.given_thinking,
+                                    resume_thinking=spec.resume_thinking)
         m = control.new_machine(spec, cue_tokens=self.count_tokens, on_event=emit)
         usage = Usage(prompt_tokens=self.count_tokens(prompt))
         tools: list[dict] = []

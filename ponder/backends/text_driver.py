@@ -40,10 +40,12 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
 
     note = spec.tools_note()
     p = spec.prompt
-    if spec.given_thinking is None and p is not None and p.serves(spec.messages, spec.budget, note):
+    if spec.given_thinking is None and spec.resume_thinking is None and p is not None and \
+            p.serves(spec.messages, spec.budget, note):
         base = p.text
     else:
-        base = control.raw_prompt(backend, spec.messages, spec.budget, spec.given_thinking, note)
+        base = control.raw_prompt(backend, spec.messages, spec.budget, spec.given_thinking, note,
+                                  resume_thinking=spec.resume_thinking)
     m = control.new_machine(spec, cue_tokens=backend.count_tokens, on_event=emit)
     usage, tools, deadline = Usage(), [], spec.deadline
     room = (0 if spec.given_thinking is not None else spec.budget.max_tokens) + spec.sampling.max_answer_tokens \

@@ -112,6 +112,8 @@ class StrategyRequest:
     counter: Any = field(default=None, compare=False)
     #: the prompt prepared with the request (:class:`ponder.backends.base.Prompt`), reused by its samples
     prompt: Any = field(default=None, compare=False)
+    #: early exit by probing (:class:`ponder.strategies.probe.EarlyExit`; None: off)
+    early_exit: Any = None
 
     @property
     def question(self) -> str:

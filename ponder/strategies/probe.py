@@ -5,7 +5,8 @@ Every ``probe_every`` thinking tokens the trace is asked for its answer so
 far: the thinking is closed, the answer cue appended, and ``probe_tokens``
 answer tokens decoded — the probe.  When ``agree`` probes in a row give the
 same answer and none of them hedges ("maybe", "wait", a question), the
-thinking stops there and the sample answers normally from what it thought.
+thinking stops there: the last probe is the answer when it finished within
+its tokens, else the sample answers normally from what it thought.
 
 It works on any engine that continues raw text (``text_completion``): the
 trace is thought in segments, each continuing the same text (so an engine's
@@ -118,12 +119,17 @@ async def sample(backend: Any, spec: Any, exit_: EarlyExit, answer_kind: str,
             probe_tokens += g.usage.answer_tokens
             return await _answer(backend, spec, thinking, used, usage, probe_tokens, tools, budget, rep.stopped,
                                  full_answer, on_event)
-        probe_tokens += g.usage.answer_tokens
         answer = None if hedges(g.answer) else extract_answer(g.answer, kind=answer_kind)
         probes.append(answer)
         if settled(probes, exit_.agree, eq.same):
+            if g.finish_reason != "length":  # the last probe said all it had to say: that is the answer
+                out = _merged(g, thinking, used, usage, probe_tokens, tools, budget, "settled", on_event)
+                out.thinking_report.probes = len(probes)
+                return out
+            probe_tokens += g.usage.answer_tokens
             return await _answer(backend, spec, thinking, used, usage, probe_tokens, tools, budget, "settled",
                                  full_answer, on_event, probes=len(probes))
+        probe_tokens += g.usage.answer_tokens
 
 
 async def _answer(backend, spec, thinking, used, usage, probe_tokens, tools, budget, stopped, full_answer,

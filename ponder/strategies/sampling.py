@@ -84,7 +84,14 @@ async def fresh(request: StrategyRequest, backend: Backend, indices: list[int],
     prompt_read = spec.prompt.n_tokens if spec.prompt is not None else 0
     contiguous = indices == list(range(indices[0], indices[0] + len(indices)))
     try:
-        if contiguous:
+        if request.early_exit is not None and backend.info.text_completion and spec.given_thinking is None:
+            from ponder.backends.base import gather_all
+            from ponder.strategies import probe
+
+            gens = await gather_all([probe.sample(backend, spec.seeded(i), request.early_exit, request.answer_kind,
+                                                  on_event=lambda e, k=k: on_event(k, e))
+                                     for k, i in enumerate(indices)])
+        elif contiguous:
             gens = await backend.sample_many(spec, len(indices), start=indices[0], on_event=on_event)
         else:
             from ponder.backends.base import gather_all

@@ -44,9 +44,14 @@ def conversation(info: "BackendInfo", messages: Sequence[Message], budget: Think
 
 
 def raw_prompt(backend: "Backend", messages: Sequence[Message], budget: ThinkingBudget,
-               given_thinking: str | None = None, tools_prompt: str | None = None) -> str:
-    """The text a text-completion engine continues for one sample."""
-    thinking_on = budget.enabled or given_thinking is not None
+               given_thinking: str | None = None, tools_prompt: str | None = None, *,
+               resume_thinking: str | None = None) -> str:
+    """The text a text-completion engine continues for one sample.
+
+    ``given_thinking`` is closed (the model answers from it); ``resume_thinking`` is left open (the model
+    thinks on from it: the segments of a probed trace, :mod:`ponder.strategies.probe`).
+    """
+    thinking_on = budget.enabled or given_thinking is not None or resume_thinking is not None
     convo = conversation(backend.info, messages, ThinkingBudget(max(1, budget.max_tokens)) if thinking_on else budget)
     if tools_prompt:
         convo = prompts.with_system_note(convo, tools_prompt)
@@ -57,6 +62,8 @@ def raw_prompt(backend: "Backend", messages: Sequence[Message], budget: Thinking
     opened = fmt.opened(prompt)
     if given_thinking is not None:
         return prompt + ("" if opened else fmt.open_text) + given_thinking.strip() + fmt.close_text
+    if resume_thinking is not None:
+        return prompt + ("" if opened else fmt.open_text) + resume_thinking
     if thinking_on:
         return prompt if opened else prompt + fmt.open_text
     if opened:
