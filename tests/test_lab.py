@@ -434,3 +434,22 @@ def test_the_time_estimate_weighs_generations_by_their_planned_tokens(tmp_path):
     # what the average of the first generations said, for the same run
     assert abs(est["by_count_s"] - est["took_s"]) > abs(est["said_s"] - est["took_s"]), est
     assert any(line.startswith("the first estimate said") for line in lines)
+
+
+def test_early_exit_is_a_grid_dimension_with_its_own_draws(tmp_path):
+    def respond(prompt: str) -> str:
+        if prompt.endswith(prompts.CLOSE_THINKING) or prompt.endswith(prompts.ANSWER_CUE):
+            return "5"
+        return " ".join(f"w{i}" for i in range(300))
+
+    cfg = data_config(tmp_path, budgets=[64], strategies=["single"], n=[1], early_exit=["16x2"], answer_tokens=4)
+    cfg.validate()
+    run_bench(cfg, tmp_path / "run", backends={"scripted": ScriptedBackend(respond)}, progress=False)
+    lines = read_samples(tmp_path / "run")
+    by = {r["config"]["key"].endswith("|exit=16x2"): r for r in lines if r["item"] == lines[0]["item"]}
+    assert set(by) == {True, False}
+    assert by[False]["usage"]["thinking_tokens"] == 64 and by[False]["stopped"] == "budget"
+    assert by[True]["stopped"] == "settled" and by[True]["draws"][0]["probe_tokens"] == 1
+    assert by[True]["usage"]["thinking_tokens"] == 32 + 1
+    with pytest.raises(ConfigError, match="EVERYxAGREE"):
+        data_config(tmp_path, early_exit=["often"]).validate()

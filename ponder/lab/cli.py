@@ -49,6 +49,8 @@ class BenchGroup(click.Group):
 @click.option("--efforts", default=None, metavar="none,low,...", help="Effort tiers to sweep.")
 @click.option("--budgets", default=None, metavar="0,64,256", help="Thinking-token caps to sweep.")
 @click.option("--strategies", default=None, metavar="single,self-consistency,...", help="Strategies to sweep.")
+@click.option("--early-exit", "early_exit", default=None, metavar="32x2,64x2",
+              help="Early exit by probing, swept besides none: probe every N thinking tokens, stop after K agree.")
 @click.option("--tools", default=None, metavar="python,calculator,python+calculator",
               help="Built-in tools to sweep besides no tools (each entry is one configuration; + joins tools).")
 @click.option("--n", "ns", default=None, metavar="1,2,4,8",

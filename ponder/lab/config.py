@@ -26,15 +26,26 @@ class Point:
     n: int
     #: built-in tools of this configuration, "+"-joined ("" = none)
     tools: str = ""
+    #: early exit by probing, "EVERYxAGREE" ("64x2": probe every 64 thinking tokens, stop after 2 agree; "" = off)
+    early_exit: str = ""
 
     @property
     def key(self) -> str:
-        return f"{self.model}|{self.budget}|{self.strategy}|n={self.n}" + (f"|tools={self.tools}" if self.tools else "")
+        return (f"{self.model}|{self.budget}|{self.strategy}|n={self.n}" + (f"|tools={self.tools}" if self.tools else "")
+                + (f"|exit={self.early_exit}" if self.early_exit else ""))
+
+    def early_exit_option(self) -> dict | None:
+        if not self.early_exit:
+            return None
+        every, _, agree = self.early_exit.partition("x")
+        return {"probe_every": int(every), "agree": int(agree or 2)}
 
     def as_dict(self) -> dict:
         d = {"key": self.key, "model": self.model, "budget": self.budget, "strategy": self.strategy, "n": self.n}
         if self.tools:
             d["tools"] = self.tools
+        if self.early_exit:
+            d["early_exit"] = self.early_exit
         return d
 
 
@@ -69,6 +80,8 @@ class BenchConfig:
     min_accuracy: float | None = None
     #: built-in tools swept as a dimension besides no tools: e.g. ["python", "calculator", "python+calculator"]
     tools: list[str] = field(default_factory=list)
+    #: early exit swept as a dimension besides none: "EVERYxAGREE" entries, e.g. ["32x2", "64x2"]
+    early_exit: list[str] = field(default_factory=list)
     #: alternatives kept per generated token (0: automatic — 5 when a confidence strategy is in the grid,
     #: so every pooled draw carries what DeepConf's token confidence needs)
     top_logprobs: int = 0
@@ -88,6 +101,16 @@ class BenchConfig:
                 if t.strip() not in (*TOOLS, "none", ""):
                     raise ConfigError(f"unknown tool {t.strip()!r}; built-in tools are {', '.join(TOOLS)} "
                                       f"(join with + to give both)", param="--tools")
+        for e in self.early_exit:
+            every, sep, agree = e.partition("x")
+            if not (every.isdigit() and (not sep or agree.isdigit())):
+                raise ConfigError(f"--early-exit entries are EVERYxAGREE (like 64x2), got {e!r}", param="--early-exit")
+            from ponder.strategies.probe import EarlyExit
+
+            try:
+                EarlyExit.of({"probe_every": int(every), "agree": int(agree or 2)})
+            except Exception as exc:
+                raise ConfigError(f"--early-exit {e}: {exc}", param="--early-exit") from None
         if self.efforts is not None and self.budgets is not None:
             raise ConfigError("give --efforts or --budgets, not both", param="--budgets")
         for e in self.efforts or []:
@@ -137,11 +160,12 @@ class BenchConfig:
     def points(self, model: str) -> list[Point]:
         """Every configuration for one model, largest N first (so a pool is filled in one go)."""
         out = []
-        for t in self.tool_sets():
-            for b in self.budget_labels():
-                for s in self.strategies:
-                    for n in sorted(self.ns_for(s), reverse=True):
-                        out.append(Point(model, b, s, n, t))
+        for e in ["", *self.early_exit]:
+            for t in self.tool_sets():
+                for b in self.budget_labels():
+                    for s in self.strategies:
+                        for n in sorted(self.ns_for(s), reverse=True):
+                            out.append(Point(model, b, s, n, t, e))
         return out
 
     def tool_sets(self) -> list[str]:
@@ -219,6 +243,8 @@ def build_bench_config(opts: dict) -> BenchConfig:
         cfg.params = parse_strategy_params(opts.get("params"))
     if opts.get("tools") is not None:
         cfg.tools = csv(opts.get("tools")) or []
+    if opts.get("early_exit") is not None:
+        cfg.early_exit = csv(opts.get("early_exit")) or []
     return cfg
 
 

@@ -27,8 +27,8 @@ def planned_by_budget(cfg: BenchConfig, points: list[Point]) -> dict[str, int]:
     out: dict[str, int] = {}
     by_budget: dict[tuple[str, str], list[Point]] = {}
     for p in points:
-        by_budget.setdefault((p.budget, p.tools), []).append(p)
-    for (budget, _), pts in by_budget.items():
+        by_budget.setdefault((p.budget, p.tools, p.early_exit), []).append(p)
+    for (budget, _, _), pts in by_budget.items():
         pooled_n = [p.n for p in pts if get_strategy(p.strategy).info.pooled]
         total = max(pooled_n) if pooled_n else 0
         for p in pts:

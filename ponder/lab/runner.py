@@ -82,6 +82,7 @@ def request_for(cfg: BenchConfig, point: Point, item: Item, seed: int) -> Ponder
         max_answer_tokens=cfg.answer_tokens, temperature=cfg.temperature, seed=seed,
         strategy=point.strategy, params=cfg.strategy_params(point),
         tools=tuple(point.tools.split("+")) if point.tools else None, logprobs=bool(k), top_logprobs=k or 0,
+        early_exit=point.early_exit_option() or False,
     ).validate()
 
 
@@ -155,6 +156,8 @@ async def run_point(ponder: Ponder, backend: Backend, cfg: BenchConfig, point: P
             d["confidence"] = {k: round(v, 5) for k, v in s.confidence.items()}
         if s.generation.early_stopped:
             d["early_stopped"] = True
+        if s.generation.thinking_report.probe_tokens:
+            d["probe_tokens"] = s.generation.thinking_report.probe_tokens
         draws.append(d)
     u = result.usage
     chosen = result.chosen
@@ -310,7 +313,7 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
             for point in points[lane.name]:
                 if (point.key, item.id) in state.done:
                     continue
-                pool = pools.setdefault((point.budget, point.tools), SamplePool())
+                pool = pools.setdefault((point.budget, point.tools, point.early_exit), SamplePool())
                 line = await run_point(ponder, backend, cfg, point, item, seeds[item.id], pool, memo,
                                        cancel=cancel, sink=sink)
                 log.write(json.dumps(line) + "\n")
