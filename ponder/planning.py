@@ -165,7 +165,7 @@ def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any,
         tools=req.tools if req.tools is not None else tuple(lane.tools.enabled),
         cache=req.cache or ("use" if config.cache.enabled else "off"),
         client_tools=client_tools, tool_choice=tool_choice, runner=runner,
-        parallel_tool_calls=req.parallel_tool_calls is not False, early_exit=_early_exit(req, lane),
+        parallel_tool_calls=req.parallel_tool_calls is not False, early_exit=_early_exit(req, lane, band),
     )
     guard = plan_guard(plan, config, req.max_thinking_tokens)
     if guard is not None:
@@ -229,11 +229,14 @@ def _strategy(req: PonderRequest, server: Any, lane: LaneConfig, band: Any) -> t
     return name, runner, params
 
 
-def _early_exit(req: PonderRequest, lane: LaneConfig) -> Any:
-    """The request's early exit (else the lane's); it needs an engine that continues raw text."""
+def _early_exit(req: PonderRequest, lane: LaneConfig, band: Any) -> Any:
+    """The request's early exit, else the policy band's, else the lane's; it needs an engine that continues text."""
     from ponder.strategies.probe import EarlyExit
 
-    exit_ = EarlyExit.of(req.early_exit if req.early_exit is not None else lane.early_exit)
+    raw = req.early_exit
+    if raw is None and band is not None and band.early_exit is not None:
+        raw = band.early_exit
+    exit_ = EarlyExit.of(raw if raw is not None else lane.early_exit)
     if exit_ is not None and not lane_has(lane, "text_completion"):
         raise InvalidRequest(f"early_exit probes the trace as it is thought, which needs an engine that continues "
                              f"raw text (text_completion); lane {lane.name!r} lacks it", param="ponder.early_exit")

@@ -177,3 +177,51 @@ def audit_cmd(run_dir: str, limit: int, seed: int) -> None:
         bar.close()
     click.echo(audit_table(result))
     click.echo(f"\nwrote {Path(run_dir) / 'audit.json'}")
+
+
+@bench_cmd.command("tune")
+@click.option("--task", "tasks", multiple=True, required=True, metavar="NAME[:knob=v,...]",
+              help="reasoning-gym families to tune on (repeatable).")
+@click.option("--model", "model", default="smollm2", show_default=True, help="Model name or GGUF path.")
+@click.option("--budget", type=int, default=192, show_default=True, help="Thinking budget of every configuration.")
+@click.option("--n", "n", type=int, default=8, show_default=True, help="Samples of the full-compute baseline.")
+@click.option("--limit", type=int, default=12, show_default=True, help="Items per family and split.")
+@click.option("--dev-seed", type=int, default=1, show_default=True)
+@click.option("--test-seed", type=int, default=1_000_001, show_default=True,
+              help="reasoning-gym seeds item i from seed + i: keep the splits far apart (overlaps are refused).")
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Directory for the four lab runs.")
+@click.option("--write-policy", "policy_path", default=None, type=click.Path(exists=True),
+              help="Write the chosen parameters into this routing policy's bands.")
+@click.option("--no-progress", is_flag=True)
+def tune_cmd(tasks, model, budget, n, limit, dev_seed, test_seed, temperature, out_dir, policy_path,
+             no_progress) -> None:
+    """Tune stopping rules on dev items, report them on held-out test items.
+
+    Adaptive-consistency's threshold and round size, deepconf-online's
+    warm-up and keep share, and early exit's probe interval and agreement are
+    chosen per model on dev (the fewest tokens at accuracy within the 95%
+    interval of full compute), then measured on test items of another seed —
+    their hashes checked disjoint.  Both splits are printed and written to
+    OUT/tuned.json.
+    """
+    from ponder.lab.config import BenchConfig
+    from ponder.lab.tuning.stopping import tune_stopping, write_policy
+
+    base = BenchConfig(tasks=list(tasks), models=[model], budgets=[budget], limit=limit, temperature=temperature,
+                       answer_kind="number", concurrency=4)
+    base.validate()
+    report = tune_stopping(base, Path(out_dir), dev_seed=dev_seed, test_seed=test_seed, n=n,
+                           progress=not no_progress, announce=lambda m: click.echo(m, err=True))
+    for name, r in report["strategies"].items():
+        for split in ("dev", "test"):
+            s = r.get(split)
+            if s is None:
+                click.echo(f"{name:22s} {split:4s} no variant within the baseline's interval: full compute kept")
+                continue
+            click.echo(f"{name:22s} {split:4s} {str(r['params']):44s} acc {s['accuracy']:.2f} "
+                       f"(baseline {s['baseline_accuracy']:.2f} [{s['baseline_ci95'][0]:.2f}, "
+                       f"{s['baseline_ci95'][1]:.2f}])  tokens {s['tokens']:.0f} = {s['ratio_to_baseline']}x")
+    if policy_path:
+        write_policy(report, Path(policy_path))
+        click.echo(f"wrote the chosen parameters into {policy_path}", err=True)

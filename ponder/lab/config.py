@@ -28,11 +28,14 @@ class Point:
     tools: str = ""
     #: early exit by probing, "EVERYxAGREE" ("64x2": probe every 64 thinking tokens, stop after 2 agree; "" = off)
     early_exit: str = ""
+    #: a parameter variant of the strategy ("threshold=0.75,round_size=2"; "" = the run's --param)
+    variant: str = ""
 
     @property
     def key(self) -> str:
         return (f"{self.model}|{self.budget}|{self.strategy}|n={self.n}" + (f"|tools={self.tools}" if self.tools else "")
-                + (f"|exit={self.early_exit}" if self.early_exit else ""))
+                + (f"|exit={self.early_exit}" if self.early_exit else "")
+                + (f"|{self.variant}" if self.variant else ""))
 
     def early_exit_option(self) -> dict | None:
         if not self.early_exit:
@@ -46,6 +49,8 @@ class Point:
             d["tools"] = self.tools
         if self.early_exit:
             d["early_exit"] = self.early_exit
+        if self.variant:
+            d["variant"] = self.variant
         return d
 
 
@@ -82,6 +87,9 @@ class BenchConfig:
     tools: list[str] = field(default_factory=list)
     #: early exit swept as a dimension besides none: "EVERYxAGREE" entries, e.g. ["32x2", "64x2"]
     early_exit: list[str] = field(default_factory=list)
+    #: parameter variants per strategy, each its own configuration on the same pooled draws:
+    #: {"adaptive-consistency": [{"threshold": 0.75}, {"threshold": 0.9, "round_size": 2}]}
+    variants: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     #: alternatives kept per generated token (0: automatic — 5 when a confidence strategy is in the grid,
     #: so every pooled draw carries what DeepConf's token confidence needs)
     top_logprobs: int = 0
@@ -125,7 +133,9 @@ class BenchConfig:
             if s not in REGISTRY:
                 raise ConfigError(f"unknown strategy {s!r}; available: {', '.join(sorted(REGISTRY))}",
                                   param="--strategies")
-        for s, raw in self.params.items():
+        checks = [(s, raw) for s, raw in self.params.items()]
+        checks += [(s, {**self.params.get(s, {}), **v}) for s, vs in self.variants.items() for v in vs]
+        for s, raw in checks:
             if s not in REGISTRY:
                 raise ConfigError(f"--param names unknown strategy {s!r}", param="--param")
             cp = count_param(s)
@@ -165,7 +175,8 @@ class BenchConfig:
                 for b in self.budget_labels():
                     for s in self.strategies:
                         for n in sorted(self.ns_for(s), reverse=True):
-                            out.append(Point(model, b, s, n, t, e))
+                            for v in self.variants.get(s) or [{}]:
+                                out.append(Point(model, b, s, n, t, e, variant_label(v)))
         return out
 
     def tool_sets(self) -> list[str]:
@@ -179,6 +190,7 @@ class BenchConfig:
 
     def strategy_params(self, point: Point) -> dict[str, Any]:
         raw = dict(self.params.get(point.strategy, {}))
+        raw.update(parse_variant(point.variant))
         cp = count_param(point.strategy)
         if cp:
             raw[cp] = point.n
@@ -191,6 +203,20 @@ class BenchConfig:
     def from_dict(cls, d: dict) -> "BenchConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def variant_label(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def parse_variant(label: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for part in filter(None, label.split(",")):
+        k, _, v = part.partition("=")
+        out[k] = yaml.safe_load(v)
+    return out
 
 
 def is_pooled(strategy: str) -> bool:

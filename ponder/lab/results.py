@@ -242,7 +242,8 @@ def build_results(lines: list[dict], *, run: dict, items: int, wall_s: float | N
     for key, rs in by_key.items():
         c = rs[0]["config"]
         configs.append({"key": key, "model": c["model"], "budget": c["budget"], "strategy": c["strategy"],
-                        "n": c["n"], "metrics": config_metrics(rs)})
+                        "n": c["n"], **{k: c[k] for k in ("tools", "early_exit", "variant") if c.get(k)},
+                        "metrics": config_metrics(rs)})
     configs.sort(key=lambda c: (c["model"], c["strategy"], c["metrics"]["completion_tokens"]["mean"] or 0.0))
     axis = compute_axis(configs) if configs else "completion_tokens"
     tasks: dict[str, set] = defaultdict(set)

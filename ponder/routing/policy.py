@@ -46,6 +46,8 @@ class Band(_Strict):
     budget: int | None = Field(None, ge=0)
     strategy: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    #: early exit by probing for the band's requests (written by ``ponder bench tune --write-policy``)
+    early_exit: bool | dict[str, int] | None = None
     #: lab figures that justify the band (written by ``ponder tune``)
     measured: dict[str, Any] | None = None
 
