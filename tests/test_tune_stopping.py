@@ -17,7 +17,7 @@ TASK = "basic_arithmetic:min_terms=3,max_terms=3,min_digits=2,max_digits=2"
 
 
 def base(**kw) -> BenchConfig:
-    return BenchConfig(tasks=[TASK], models=["scripted"], budgets=[32], limit=4, answer_kind="number",
+    return BenchConfig(tasks=[TASK], models=["scripted"], budgets=[96], limit=4, answer_kind="number",
                        answer_tokens=4, **kw)
 
 
@@ -34,7 +34,7 @@ def test_tuning_runs_on_dev_items_only_and_reports_both_splits(tmp_path):
     def respond(prompt: str) -> str:
         if prompt.endswith(prompts.CLOSE_THINKING) or prompt.endswith(prompts.ANSWER_CUE):
             counter["k"] += 1
-            return str(counter["k"] % 3)  # answers disagree: the rules have something to decide
+            return "1"  # every sample agrees: the stopping rules can stop early and save tokens
         return " ".join(f"w{i}" for i in range(100))
 
     out = tmp_path / "tune"

@@ -81,10 +81,10 @@ class Tracker:
 
     def estimate(self) -> float | None:
         """Seconds left: measured seconds per planned token times planned tokens left (None: nothing measured)."""
-        elapsed = time.perf_counter() - self.t0
         if not self.planned or not self.planned_done:
             return None
-        return elapsed / self.planned_done * max(0, self.planned - self.planned_done)
+        rate = (time.perf_counter() - self.t0) / self.planned_done
+        return rate * max(0, self.planned - self.planned_done)
 
     def report(self) -> dict | None:
         """The first estimate and what it estimated, as measured: {"said_s", "took_s"} (None: no estimate)."""
@@ -111,7 +111,8 @@ class Tracker:
         state.generations += 1
         self.planned_done += g.thinking_report.budget + self.answer_tokens
         self.left_s = self.estimate()
-        if state.generations == self.probe_at and self.todo > self.probe_at and self.left_s is not None:
+        if state.generations >= self.probe_at and self.first is None and self.todo > self.probe_at \
+                and self.left_s is not None:
             # the estimate the plan line could not give: measured on this machine, this model, these budgets
             at = time.perf_counter() - self.t0
             self.first = (at, self.left_s)

@@ -297,6 +297,8 @@ async def _run_all(cfg: BenchConfig, out: Path, ponder: Ponder, config: PonderCo
     planned = sum(planned_tokens(cfg, [p for p in points[lane.name] if (p.key, it.id) not in state.done], cap_of)
                   for lane, it in units)
     announce(plan_line(cfg, len(items), sum(len(v) for v in points.values()), todo, len(state.done)))
+    for lane in {lane.name: lane for lane, _ in units}.values():
+        await ponder.backend_async(lane)  # models load before the clock of the estimate starts
     bar = progress_bar(todo, progress)
     t_start = time.perf_counter()
     log = (out / SAMPLES).open("a", encoding="utf-8")

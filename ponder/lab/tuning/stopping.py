@@ -15,7 +15,8 @@ Here they are chosen per model on *dev* items and reported on *test* items:
    ``single`` without probing for early exit);
 3. each strategy keeps the variant with the fewest completion tokens whose
    dev accuracy is within the baseline's 95% interval (at or above its lower
-   bound); none qualifying, the strategy keeps the baseline's full compute;
+   bound) and that spends fewer tokens than the baseline; none qualifying,
+   the strategy keeps the baseline's full compute (early exit: off);
 4. on test only the chosen variants and the baselines run; the report gives
    both splits, and ``--write-policy`` writes the chosen parameters into the
    bands of a routing policy the gateway reads.
@@ -88,8 +89,11 @@ def configs_of(results: dict) -> list[dict]:
 def pick(configs: list[dict], strategy: str, baseline: dict, *, exit_: bool = False) -> dict | None:
     """The cheapest variant of ``strategy`` whose accuracy is at or above the baseline's 95% lower bound."""
     lo = baseline["metrics"]["ci95"][0]
+    base_tokens = baseline["metrics"]["completion_tokens"]["mean"] or 0.0
+    # a variant must save tokens to be worth anything: one that spends as much or more keeps the baseline
     cands = [c for c in configs if c["strategy"] == strategy and (bool(c.get("early_exit")) if exit_ else True)
-             and c["key"] != baseline["key"] and (c["metrics"]["accuracy"] or 0.0) >= lo]
+             and c["key"] != baseline["key"] and (c["metrics"]["accuracy"] or 0.0) >= lo
+             and (c["metrics"]["completion_tokens"]["mean"] or 0.0) < base_tokens]
     return min(cands, key=lambda c: c["metrics"]["completion_tokens"]["mean"] or 0.0) if cands else None
 
 
