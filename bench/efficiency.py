@@ -161,6 +161,28 @@ def bench_model(model: str, args) -> None:
     print(f"  tuned parameters: {json.dumps({k: variant_label(v) for k, v in chosen.items()})}, early exit {exit_!r}")
 
 
+LONG = ["basic_arithmetic:min_terms=3,max_terms=4,min_digits=2,max_digits=2", "leg_counting"]
+
+
+def long_traces(model: str, args) -> None:
+    """Where traces run long, early exit has something to stop: single vs the grid's probe settings."""
+    from ponder.lab.config import BenchConfig
+    from ponder.lab.tuning.stopping import EXIT_GRID
+
+    cfg = BenchConfig(tasks=LONG, models=[model], budgets=[384], strategies=["single"], early_exit=list(EXIT_GRID),
+                      limit=args.limit, answer_kind="number", concurrency=4, temperature=0.7, seed=11)
+    print(f"\n== {model}: long traces ({', '.join(f.split(':')[0] for f in LONG)}, think 384), probe settings "
+          "from the grid, not tuned here", flush=True)
+    cfgs, lines = run(cfg, Path(args.out) / model / "long-traces")
+    single = next(c for c in cfgs if not c.get("early_exit"))
+    print(row(single, single, "thinking_tokens", lines))
+    for c in cfgs:
+        if c is not single:
+            print(row(c, single, "thinking_tokens", lines))
+            print(verdict(c, single, "thinking_tokens", 0.75, f"early exit {c['early_exit']} <= 0.75x single"))
+            print("  why: " + exit_reason(lines, single, c, c["early_exit"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2,qwen2.5-coder-0.5b")
@@ -171,6 +193,7 @@ def main() -> None:
     args = ap.parse_args()
     for model in args.models.split(","):
         bench_model(model, args)
+        long_traces(model, args)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,9 @@ class Generation:
     tools: list[dict] = field(default_factory=list)
     #: the sequence was stopped early by a strategy (low confidence) rather than finishing
     early_stopped: bool = False
+    #: the thinking exactly as generated (white space kept), where the engine continued raw text: a probed
+    #: trace resumes from it (:mod:`ponder.strategies.probe`)
+    raw_thinking: str | None = field(default=None, repr=False)
 
     def answer_logprobs(self) -> list[TokenLogprob]:
         return [t for t in self.logprobs or [] if t.phase == "answer"]

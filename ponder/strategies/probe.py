@@ -90,14 +90,19 @@ async def sample(backend: Any, spec: Any, exit_: EarlyExit, answer_kind: str,
 
     eq = Equivalence("auto")
     budget, full_answer = spec.budget, spec.sampling.max_answer_tokens
-    thinking, used, probes, probe_tokens = "", 0, [], 0
+    thinking, raw, used, probes, probe_tokens = "", "", 0, [], 0
     usage = Usage()
     tools: list = []
+    segment = 0
     while True:
         cap = min(exit_.probe_every, budget.max_tokens - used)
         seg_budget = ThinkingBudget(cap, max(0, min(cap, budget.min_tokens - used)), budget.effort)
-        seg = replace(spec, budget=seg_budget, resume_thinking=thinking if used else None,
-                      sampling=replace(spec.sampling, max_answer_tokens=exit_.probe_tokens))
+        sampling = replace(spec.sampling, max_answer_tokens=exit_.probe_tokens)
+        if sampling.seed is not None and segment:
+            # each segment draws on fresh randomness, as one unbroken trace would
+            sampling = sampling.with_seed(sampling.seed + 7919 * segment)
+        seg = replace(spec, budget=seg_budget, resume_thinking=raw if used else None, sampling=sampling)
+        segment += 1
 
         def forward(e: Event, base: int = used) -> None:
             if on_event is not None and isinstance(e, ThinkingDelta):
@@ -107,6 +112,8 @@ async def sample(backend: Any, spec: Any, exit_: EarlyExit, answer_kind: str,
         usage = usage + g.usage
         tools += g.tools
         thinking = _join(thinking, g.thinking)
+        # the next segment continues the text exactly as generated (white space and line breaks kept)
+        raw = raw + (g.raw_thinking if g.raw_thinking else g.thinking)
         used += g.usage.thinking_tokens
         rep = g.thinking_report
         natural = rep.stopped not in ("budget",) or used >= budget.max_tokens

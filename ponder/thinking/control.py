@@ -132,6 +132,7 @@ def generation_of(m: ThinkingMachine, usage: Usage, clock: Clock, *,
         logprobs=list(m.logprobs) if m.logprobs else None,
         tools=tools or [],
         early_stopped=m.early_stopped,
+        raw_thinking=m.raw["thinking"],
     )
 
 
