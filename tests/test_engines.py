@@ -208,6 +208,6 @@ def test_early_exit_probes_the_trace_through_raw_completions(client, engine):
     body, p = ask(client, max_tokens=16, temperature=0,
                   extra_body={"max_thinking_tokens": 96, "ponder": {"early_exit": {"probe_every": 16, "agree": 2}}})
     t = p["thinking"]
-    assert t["probes"] >= 1 and t["probe_tokens"] >= 1, t
+    assert t["used"] < 16 or (t["probes"] >= 1 and t["probe_tokens"] >= 1), t  # a trace past 16 tokens was probed
     assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == t["used"] + t["probe_tokens"]
     assert t["used"] <= 96 and t["stopped"] in ("end", "budget", "settled", "repetition")

@@ -118,21 +118,21 @@ async def sample(backend: Any, spec: Any, exit_: EarlyExit, answer_kind: str,
         rep = g.thinking_report
         natural = rep.stopped not in ("budget",) or used >= budget.max_tokens
         if g.finish_reason in ("cancelled", "deadline") or rep.stopped in ("cancelled", "deadline"):
-            return _merged(g, thinking, used, usage, probe_tokens, tools, budget, rep.stopped)
+            return _merged(g, thinking, used, usage, probe_tokens, tools, budget, rep.stopped, probes=len(probes))
         if natural:
             # the trace ended its thinking (or reached its budget, or looped): what followed is its real answer
             if g.finish_reason != "length":
-                return _merged(g, thinking, used, usage, probe_tokens, tools, budget, rep.stopped, on_event)
+                return _merged(g, thinking, used, usage, probe_tokens, tools, budget, rep.stopped, on_event,
+                               probes=len(probes))
             probe_tokens += g.usage.answer_tokens
             return await _answer(backend, spec, thinking, used, usage, probe_tokens, tools, budget, rep.stopped,
-                                 full_answer, on_event)
+                                 full_answer, on_event, probes=len(probes))
         answer = None if hedges(g.answer) else extract_answer(g.answer, kind=answer_kind)
         probes.append(answer)
         if settled(probes, exit_.agree, eq.same):
             if g.finish_reason != "length":  # the last probe said all it had to say: that is the answer
-                out = _merged(g, thinking, used, usage, probe_tokens, tools, budget, "settled", on_event)
-                out.thinking_report.probes = len(probes)
-                return out
+                return _merged(g, thinking, used, usage, probe_tokens, tools, budget, "settled", on_event,
+                               probes=len(probes))
             probe_tokens += g.usage.answer_tokens
             return await _answer(backend, spec, thinking, used, usage, probe_tokens, tools, budget, "settled",
                                  full_answer, on_event, probes=len(probes))
@@ -150,13 +150,11 @@ async def _answer(backend, spec, thinking, used, usage, probe_tokens, tools, bud
     g = await backend.sample(spec, on_event=forward)
     usage = usage + Usage(prompt_tokens=g.usage.prompt_tokens, cached_prompt_tokens=g.usage.cached_prompt_tokens,
                           answer_tokens=g.usage.answer_tokens)
-    out = _merged(g, thinking, used, usage, probe_tokens, tools + g.tools, budget, stopped)
-    out.thinking_report.probes = probes
-    return out
+    return _merged(g, thinking, used, usage, probe_tokens, tools + g.tools, budget, stopped, probes=probes)
 
 
 def _merged(g: Generation, thinking: str, used: int, usage: Usage, probe_tokens: int, tools: list,
-            budget: ThinkingBudget, stopped: str, on_event=None) -> Generation:
+            budget: ThinkingBudget, stopped: str, on_event=None, *, probes: int = 0) -> Generation:
     """The sample as one generation: all its thinking, its answer, every token it cost (probes as thinking)."""
     if on_event is not None and g.answer:
         on_event(AnswerDelta(g.answer))
@@ -166,7 +164,7 @@ def _merged(g: Generation, thinking: str, used: int, usage: Usage, probe_tokens:
                   tool_tokens=usage.tool_tokens)
     rep = replace(g.thinking_report, budget=budget.max_tokens, min=budget.min_tokens, used=used,
                   truncated=stopped == "budget", stopped=stopped, effort=budget.effort)
-    rep.probe_tokens = probe_tokens
+    rep.probe_tokens, rep.probes = probe_tokens, probes
     return replace(g, thinking=thinking, usage=total, thinking_report=rep, tools=tools)
 
 
