@@ -223,7 +223,7 @@ def gateway_run(model: str | None, threads: int, think: int) -> tuple[float, flo
 
 def measure(part: str, args) -> float:
     """One measurement, in this process (run by :func:`isolated` in a fresh one)."""
-    threads = args.threads or default_threads()
+    threads = args.threads or default_threads()[0]
     if part == "raw1":
         from llama_cpp import Llama
 
@@ -281,7 +281,7 @@ def main() -> None:
     if args.part:
         print(measure(args.part, args))
         return
-    threads = args.threads or default_threads()
+    threads = args.threads or default_threads()[0]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     probe = LlamaCppBackend(args.model, n_ctx=2048, max_sequences=1, cache_slots=0)
     n_prompt = len(probe._prompt_ids(probe.render_chat(STORY)))

@@ -271,8 +271,9 @@ def usage_line(outcome) -> str:
 @click.option("--policy", "policy_path", default=None,
               help="Routing policy YAML (from `ponder tune`), 'default' (shipped) or 'off'; default: the config's.")
 @click.option("--threads", type=int, default=None,
-              help="llama.cpp threads of the embedded engines (default: all cores but one when there are more "
-                   "than two; llama.cpp's threads spin, so leave room for anything else that runs).")
+              help="llama.cpp threads of the embedded engines (default: the CPUs the process may use — affinity "
+                   "and cgroup quota — but one when there are more than two; llama.cpp's threads spin, so the "
+                   "engine also backs off a thread when decoding collapses beside a busy neighbour).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-json", is_flag=True, help="Write the access log (one line per request) as JSON.")
 def serve(host, port, config_path, model, policy_path, threads, log_level, log_json) -> None:

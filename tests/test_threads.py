@@ -32,7 +32,7 @@ def feed(g: Governor, t0: float, seconds: float, per_step: float, tokens: int = 
 
 def test_a_collapse_backs_off_one_thread_and_a_later_trial_keeps_what_is_faster():
     applied: list[int] = []
-    g = Governor(threads=2, set_threads=applied.append, retry_s=10.0)
+    g = Governor(threads=2, set_threads=applied.append, retry_s=10.0, window_s=1.0)
     t = feed(g, 0.0, 3.0, 0.02)             # quiet: 4 tokens in 20 ms
     assert applied == [] and g.rate > 150
     t = feed(g, t, 3.0, 0.5)                # a busy neighbour: 25x slower for the same batch

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ponder.backends.control import SequenceControl
+from ponder.backends.threads import Governor
 from ponder.backends.llama_runtime import LlamaRuntime
 from ponder.backends.prompt_cache import PromptCache
 from ponder.backends.samplers import LogSumExp, free_samplers, make_samplers
@@ -77,6 +78,8 @@ class Engine(SequenceControl, LlamaRuntime):
         self._closed = False
         self.steps = 0
         self.tokens_decoded = 0
+        #: backs the thread count off when decoding collapses on a shared CPU (ponder.backends.threads)
+        self.governor = Governor(self.n_threads, self._set_threads)
         self._thread = threading.Thread(target=self._run, name=f"ponder-engine-{self.path.stem}", daemon=True)
         self._thread.start()
 
@@ -105,7 +108,13 @@ class Engine(SequenceControl, LlamaRuntime):
         with self._cond:
             waiting = sum(len(g.members) for g in self._waiting) + sum(len(g.members) for g in self._incoming)
             return {"active": len(self._seqs), "waiting": waiting, "max_sequences": self.max_sequences,
-                    "kv_cells": self.kv_cells, "kv_reserved": self._cells_in_use(), "cached_prompts": len(self.cache)}
+                    "kv_cells": self.kv_cells, "kv_reserved": self._cells_in_use(), "cached_prompts": len(self.cache),
+                    "threads": self.governor.threads, "decode_tokens_per_second": round(self.governor.rate, 2)}
+
+    def _set_threads(self, n: int) -> None:
+        """Owner thread only (between steps)."""
+        self._lc.llama_set_n_threads(self.ctx, n, n)
+        self.n_threads = n
 
     def close(self) -> None:
         with self._cond:
@@ -240,6 +249,7 @@ class Engine(SequenceControl, LlamaRuntime):
             s.next_token = None
             outputs.append((s, n))
             n += 1
+        n_decode = n
         # then prompt / injected-text chunks in the room left
         finished_jobs = []
         progress = {id(job): job.done for job in self._jobs}
@@ -266,10 +276,13 @@ class Engine(SequenceControl, LlamaRuntime):
         if n == 0:
             return False
         b.n_tokens = n
+        t0 = time.perf_counter()
         ret = lc.llama_decode(self.ctx, b)
         if ret != 0:
             self._decode_failed(ret, outputs, progress)
             return True
+        if n == n_decode:  # decode-only steps: the governor compares like with like (prefill is cheaper)
+            self.governor.step(n, time.perf_counter() - t0)
         self.steps += 1
         self.tokens_decoded += n
         for job in finished_jobs:

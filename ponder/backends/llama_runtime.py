@@ -44,7 +44,8 @@ class LlamaRuntime:
         self.kv_cells = max(n_ctx, kv_cells or n_ctx * min(4, max_sequences))
         self.n_batch = n_batch
         self.min_reuse = min_reuse
-        self.n_threads = n_threads or default_threads()
+        self.n_threads, how = (n_threads, "configured") if n_threads else default_threads()
+        logging.getLogger("ponder.engine").info("engine %s: %d thread(s) (%s)", self.path.stem, self.n_threads, how)
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
         try:
@@ -126,9 +127,12 @@ def quiet_llama(lc) -> None:
     lc.llama_log_set(callback, ctypes.c_void_p(0))
 
 
-def default_threads() -> int:
-    """llama.cpp's worker threads spin: leave a core free when there are several, use the one there is otherwise."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def default_threads() -> tuple[int, str]:
+    """(threads, why): llama.cpp's workers spin, so a core is left free when there are several; the CPUs
+    counted are those the process may use (affinity, cgroup quota), not the machine's cores."""
+    from ponder.backends.threads import usable_cpus
+
+    n, how = usable_cpus()
     if n <= 2:
-        return n
-    return max(1, min(n - 1, 16))
+        return n, how
+    return max(1, min(n - 1, 16)), how + ", one left free"

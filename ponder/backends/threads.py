@@ -61,7 +61,7 @@ class Governor:
     threads: int
     set_threads: object  # callable(n): applies a thread count to the context
     minimum: int = 1
-    window_s: float = 1.0
+    window_s: float = 0.5
     collapse: float = 0.3
     patience: int = 2
     retry_s: float = 20.0

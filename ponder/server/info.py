@@ -100,6 +100,9 @@ def render_metrics(gw: Gateway) -> bytes:
         if load:
             metrics.queue_depth.labels(b.info.name).set(load.get("waiting", 0))
             metrics.engine_active.labels(b.info.name).set(load.get("active", 0))
+            if "threads" in load:
+                metrics.engine_threads.labels(b.info.name).set(load["threads"])
+                metrics.decode_rate.labels(b.info.name).set(load["decode_tokens_per_second"])
     in_flight: dict[str, int] = {}
     for run, _ in gw.runs.values():
         in_flight[run.plan.lane.name] = in_flight.get(run.plan.lane.name, 0) + 1

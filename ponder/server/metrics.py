@@ -31,6 +31,10 @@ class Metrics:
         self.in_flight = Gauge("ponder_in_flight_requests", "Requests being served", ["lane"], registry=r)
         self.queue_depth = Gauge("ponder_queue_depth", "Sequences waiting for an engine slot", ["engine"], registry=r)
         self.engine_active = Gauge("ponder_engine_active_sequences", "Sequences decoding in an engine", ["engine"], registry=r)
+        self.engine_threads = Gauge("ponder_engine_threads", "llama.cpp threads an embedded engine decodes with "
+                                    "(backed off when decoding collapses on a shared CPU)", ["engine"], registry=r)
+        self.decode_rate = Gauge("ponder_engine_decode_tokens_per_second", "Tokens an embedded engine decoded per "
+                                 "second over its last window of decode steps", ["engine"], registry=r)
         self.cancelled = Counter("ponder_cancelled", "Generations stopped because the client left", ["lane"], registry=r)
         self.degraded = Counter("ponder_degraded", "Requests admitted with a lowered effort (load shedding)", ["lane"], registry=r)
         self.fallbacks = Counter("ponder_fallbacks", "Requests answered by a fallback lane", ["lane"], registry=r)
