@@ -21,7 +21,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ponder.config_base import _Strict, _word
 from ponder.config_ops import (AnomalyConfig, AuthConfig, CacheConfig, ConversationsConfig, GuardsConfig, KeyConfig,
-                               KeyLimits, LedgerConfig, StateConfig, TelemetryConfig)
+                               KeyLimits, LedgerConfig, SchedulingConfig, StateConfig,
+                               TelemetryConfig)
 from ponder.errors import ConfigError
 from ponder.thinking.budget import DEFAULT_EFFORTS, DEFAULT_MAX_BUDGET, EffortTable
 from ponder.thinking.machine import LoopGuardSettings
@@ -82,6 +83,9 @@ class LaneConfig(_Strict):
     no_think_body: dict = Field(default_factory=dict)
     #: the upstream accepts ``response_format`` (structured output) as OpenAI defines it
     response_format: bool = True
+    #: the engine schedules by request priority and takes ponder's class in its body: ``vllm`` (run with
+    #: ``--scheduling-policy priority``), ``sglang`` (``--enable-priority-scheduling``), or ``none``
+    engine_priority: Literal["none", "vllm", "sglang"] = "none"
     #: ``auto``: at start-up ask the engine what it offers (llama-server's raw completions make every strategy,
     #: exact thinking control and tools inside the thinking available); ``chat``: a chat API only, never probed
     capabilities: Literal["auto", "chat"] = "auto"
@@ -243,6 +247,8 @@ class ServerConfig(_Strict):
     shedding: SheddingConfig = SheddingConfig()
     #: spike detection and burn rate (ponder_thinking_anomaly, ponder_key_cap_eta_seconds)
     anomaly: AnomalyConfig = AnomalyConfig()
+    #: scheduling classes and fair admission on the embedded engines
+    scheduling: SchedulingConfig = SchedulingConfig()
 
 
 class PonderConfig(_Strict):

@@ -13,6 +13,10 @@ from pydantic import Field, field_validator, model_validator
 from ponder.config_base import _Strict, _word
 
 
+#: scheduling classes, most urgent first
+CLASSES = ("interactive", "standard", "batch")
+
+
 class KeyLimits(_Strict):
     """What one API key may do.  Absent: no limit of that kind."""
 
@@ -27,6 +31,17 @@ class KeyLimits(_Strict):
     lanes: list[str] | None = None
     #: requests beyond the per-request limits are clamped (and told so) instead of refused
     clamp: bool = False
+    #: the most urgent scheduling class this key's requests may have (interactive, standard, batch)
+    priority: str | None = None
+    #: this key's share of engine slots against other keys waiting in the same class
+    weight: float = Field(1.0, gt=0, le=1000)
+
+    @field_validator("priority")
+    @classmethod
+    def _class(cls, v: str | None) -> str | None:
+        if v is not None and v not in CLASSES:
+            raise ValueError(f"priority must be one of {', '.join(CLASSES)}")
+        return v
 
     @field_validator("max_effort", mode="before")
     @classmethod
@@ -178,3 +193,34 @@ class TelemetryConfig(_Strict):
     #: e.g. ``http://127.0.0.1:4318/v1/traces`` (an OpenTelemetry collector, Jaeger, Tempo)
     otlp_endpoint: str | None = None
     service_name: str = "ponder"
+
+
+class SchedulingConfig(_Strict):
+    """``server.scheduling``: which class a request is in, so short requests do not wait behind long reasoning.
+
+    A request's class comes from its lane (``lanes``) or else its effort tier
+    (``efforts``); the request's ``ponder.priority`` may lower it, a key's
+    ``priority`` caps it.  Embedded engines admit waiting sequences by class,
+    then earliest deadline, then by weighted fair share between keys (a key's
+    samples count as its share, so n=16 from one key does not take every slot).
+    """
+
+    efforts: dict[str, str] = Field(default_factory=lambda: {
+        "none": "interactive", "minimal": "interactive", "low": "standard", "medium": "standard",
+        "high": "batch", "xhigh": "batch", "max": "batch"})
+    lanes: dict[str, str] = Field(default_factory=dict)
+    #: a request without an effort tier (an explicit token cap) or a tier not listed
+    default: str = "standard"
+
+    @field_validator("efforts", "lanes", mode="before")
+    @classmethod
+    def _words(cls, v: Any) -> Any:
+        return {(_word(k)): _word(c) for k, c in v.items()} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _known(self) -> "SchedulingConfig":
+        for where, c in [*(("efforts." + k, c) for k, c in self.efforts.items()),
+                         *(("lanes." + k, c) for k, c in self.lanes.items()), ("default", self.default)]:
+            if c not in CLASSES:
+                raise ValueError(f"server.scheduling.{where}: {c!r} is not a class ({', '.join(CLASSES)})")
+        return self

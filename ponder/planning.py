@@ -72,6 +72,10 @@ class Plan:
     guard: Any = None
     #: early exit by probing (:class:`ponder.strategies.probe.EarlyExit`; None: off)
     early_exit: Any = None
+    #: scheduling: class rank (0 interactive, 1 standard, 2 batch), and the key and weight of its fair share
+    priority: int = 1
+    sched_key: str = ""
+    sched_weight: float = 1.0
 
     @property
     def prompt_tokens(self) -> int | None:
@@ -166,6 +170,7 @@ def _plan(req: PonderRequest, config: PonderConfig, lane: LaneConfig, band: Any,
         cache=req.cache or ("use" if config.cache.enabled else "off"),
         client_tools=client_tools, tool_choice=tool_choice, runner=runner,
         parallel_tool_calls=req.parallel_tool_calls is not False, early_exit=_early_exit(req, lane, band),
+        priority=_priority(req, config, lane, budget, clamped),
     )
     guard = plan_guard(plan, config, req.max_thinking_tokens)
     if guard is not None:
@@ -227,6 +232,23 @@ def _strategy(req: PonderRequest, server: Any, lane: LaneConfig, band: Any) -> t
                              f"API cannot resume a half-written thought), which lane {lane.name!r} lacks",
                              param="ponder.strategy")
     return name, runner, params
+
+
+def _priority(req: PonderRequest, config: PonderConfig, lane: LaneConfig, budget: ThinkingBudget,
+              clamped: dict) -> int:
+    """The request's scheduling class: its lane's, else its effort tier's; ``ponder.priority`` may only lower it."""
+    from ponder.config_ops import CLASSES
+
+    s = config.server.scheduling
+    natural = s.lanes.get(lane.name) or s.efforts.get(budget.effort or "", s.default)
+    rank = CLASSES.index(natural)
+    if req.priority is not None:
+        asked = CLASSES.index(req.priority)
+        if asked < rank:
+            clamped["ponder.priority"] = {"from": req.priority, "to": natural, "why": "a request may lower its "
+                                                                                     "class, not raise it"}
+        rank = max(rank, asked)
+    return rank
 
 
 def _early_exit(req: PonderRequest, lane: LaneConfig, band: Any) -> Any:

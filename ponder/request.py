@@ -68,6 +68,8 @@ class PonderRequest:
     tools: tuple[str, ...] | None = None
     #: early exit by probing: True, False, or {probe_every, agree, probe_tokens} (None: the lane's)
     early_exit: Any = None
+    #: a scheduling class below the request's own (interactive, standard, batch): it may lower, never raise
+    priority: str | None = None
     output_format: OutputFormat | None = None
     logprobs: bool = False
     top_logprobs: int = 0
@@ -97,6 +99,10 @@ class PonderRequest:
         unknown = [t for t in self.tools or () if t not in BUILT_IN_TOOLS]
         if unknown:
             raise InvalidRequest(f"unknown built-in tool(s): {', '.join(unknown)}", param="ponder.tools")
+        from ponder.config_ops import CLASSES
+
+        if self.priority is not None and self.priority not in CLASSES:
+            raise InvalidRequest(f"priority must be one of {', '.join(CLASSES)}", param="ponder.priority")
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
         return self

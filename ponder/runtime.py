@@ -70,6 +70,7 @@ def strategy_request(plan: Any, config: Any, tool_cache: Any, cancel: CancelToke
         counter=Counter(),
         prompt=plan.prompt,
         early_exit=plan.early_exit,
+        sched=(plan.priority, plan.sched_key, plan.sched_weight),
     )
 
 

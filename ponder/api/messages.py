@@ -178,7 +178,7 @@ def to_ponder(req: MessagesRequest) -> PonderRequest:
         temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, stop=tuple(req.stop_sequences or ()),
         visibility="visible", strategy=p.strategy if p else None, params=dict(p.params) if p else {},
         deadline_s=p.deadline_s if p else None, cache=p.cache if p else None,
-        early_exit=p.early_exit if p else None,
+        early_exit=p.early_exit if p else None, priority=p.priority if p else None,
         tools=tuple(p.tools) if p and p.tools is not None else None,
         client_tools=tools, tool_choice=choice, parallel_tool_calls=parallel, stream=req.stream,
     ).validate()

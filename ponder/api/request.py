@@ -135,6 +135,8 @@ class PonderOptions(_Closed):
     tools: list[Literal["python", "calculator"]] | None = None
     #: stop thinking once probes of the trace agree: true (defaults), false, or {probe_every, agree, probe_tokens}
     early_exit: bool | dict[str, int] | None = None
+    #: a lower scheduling class than the request would get (interactive > standard > batch); never a higher one
+    priority: Literal["interactive", "standard", "batch"] | None = None
 
 
 #: fields ponder knows but cannot honour: refused when set to anything but their neutral value
@@ -245,7 +247,7 @@ class ChatCompletionRequest(BaseModel):
             strategy=p.strategy if p else None, params=dict(p.params) if p else {},
             deadline_s=p.deadline_s if p else None, deadline_cap_s=deadline_cap_s,
             cache=p.cache if p else None, tools=tuple(p.tools) if p and p.tools is not None else None,
-            early_exit=p.early_exit if p else None, output_format=fmt, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
+            early_exit=p.early_exit if p else None, priority=p.priority if p else None, output_format=fmt, logprobs=bool(self.logprobs), top_logprobs=self.top_logprobs or 0,
             client_tools=tuple(t.model_dump(exclude_none=True) for t in self.tools or ()),
             tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls, stream=self.stream,
         ).validate()

@@ -194,7 +194,7 @@ def to_ponder(req: ResponsesRequest, history: list[Message]) -> PonderRequest:
         answer_tokens_field="max_output_tokens", temperature=req.temperature, top_p=req.top_p,
         visibility=visibility, strategy=p.strategy if p else None, params=dict(p.params) if p else {},
         deadline_s=p.deadline_s if p else None, cache=p.cache if p else None,
-        early_exit=p.early_exit if p else None,
+        early_exit=p.early_exit if p else None, priority=p.priority if p else None,
         tools=tuple(p.tools) if p and p.tools is not None else None, output_format=_format(req),
         client_tools=tools, tool_choice=choice, parallel_tool_calls=req.parallel_tool_calls, stream=req.stream,
     ).validate()

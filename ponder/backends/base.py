@@ -107,6 +107,8 @@ class SampleSpec:
     tool_choice: Any = None
     #: the prompt as prepared with the request (reused when its key matches this sample)
     prompt: Prompt | None = field(default=None, compare=False)
+    #: scheduling on an engine that admits by class: (class rank, key, weight); None: standard, no key
+    sched: tuple | None = field(default=None, compare=False)
 
     def tools_note(self) -> str | None:
         """The system note about tools (built-in and the client's) that text engines add to the prompt."""

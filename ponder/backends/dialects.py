@@ -69,3 +69,16 @@ class LlamaServerDialect:
         reason = {"eos": "stop", "limit": "length", "word": "word"}.get(kind, "stop")
         return CallEnd(reason, obj.get("stopping_word") or None, int(obj.get("tokens_evaluated") or 0),
                        int(t.get("cache_n") or obj.get("tokens_cached") or 0), int(obj.get("tokens_predicted") or 0))
+
+
+#: how an engine takes a request's scheduling class (rank 0 interactive, 1 standard, 2 batch) in its body:
+#: vLLM (``--scheduling-policy priority``): ``priority``, lower first; SGLang (``--enable-priority-scheduling``):
+#: ``priority``, higher first (its default order).  llama-server has no request priority.
+PRIORITY_FIELDS = {"vllm": lambda rank: {"priority": rank}, "sglang": lambda rank: {"priority": 2 - rank}}
+
+
+def priority_fields(mode: str, sched: tuple | None) -> dict:
+    """The body fields that carry a sample's class to an engine that schedules by priority (none otherwise)."""
+    if sched is None or mode not in PRIORITY_FIELDS:
+        return {}
+    return PRIORITY_FIELDS[mode](int(sched[0]))

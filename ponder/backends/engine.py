@@ -78,6 +78,9 @@ class Engine(SequenceControl, LlamaRuntime):
         self._closed = False
         self.steps = 0
         self.tokens_decoded = 0
+        #: fair share between keys: the virtual time, and each key's last finish tag
+        self._vtime = 0.0
+        self._vfinish: dict[str, float] = {}
         #: backs the thread count off when decoding collapses on a shared CPU (ponder.backends.threads)
         self.governor = Governor(self.n_threads, self._set_threads)
         self._thread = threading.Thread(target=self._run, name=f"ponder-engine-{self.path.stem}", daemon=True)
@@ -189,8 +192,26 @@ class Engine(SequenceControl, LlamaRuntime):
                 keep.append(g)
         self._waiting = keep
 
+    def _next_index(self) -> int:
+        """The waiting group to admit next: the most urgent class, then the earliest deadline, then the key
+        furthest behind its weighted fair share (start-time fair queuing: a group of n samples counts n), then
+        arrival."""
+        best, best_i = None, 0
+        for i, g in enumerate(self._waiting):
+            m = g.members[0]
+            start = max(self._vtime, self._vfinish.get(m.key, 0.0))
+            rank = (m.priority, m.deadline.at if m.deadline is not None else float("inf"), start, g.t_submit)
+            if best is None or rank < best:
+                best, best_i = rank, i
+        return best_i
+
     def _admit(self) -> None:
         while self._waiting:
+            i = self._next_index()
+            if i:  # the chosen group to the front; the others keep their order behind it
+                g = self._waiting[i]
+                del self._waiting[i]
+                self._waiting.appendleft(g)
             g = self._waiting[0]
             need_slots = len(g.members)
             if need_slots > self.max_sequences:
@@ -204,6 +225,10 @@ class Engine(SequenceControl, LlamaRuntime):
             if len(self._free_slots) < need_slots or not self._fits(reserve):
                 return
             self._waiting.popleft()
+            m = g.members[0]
+            start = max(self._vtime, self._vfinish.get(m.key, 0.0))
+            self._vfinish[m.key] = start + len(g.members) / max(m.weight, 1e-6)
+            self._vtime = start
             self._start_group(g, reserve)
 
     def _fits(self, reserve: int) -> bool:

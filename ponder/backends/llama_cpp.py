@@ -118,8 +118,10 @@ class LlamaCppBackend(Backend):
             post = _poster(loop, q, self.engine)
             clock = control.Clock()
             machine = control.new_machine(s, cue_tokens=self.count_tokens, on_event=post)
+            prio, key, weight = spec.sched or (1, "", 1.0)
             req = SeqRequest(machine, post, sampling=s.sampling, max_new=max_new, cancel=s.cancel.child(),
-                             deadline=s.deadline, answer_grace_s=s.answer_grace_s)
+                             deadline=s.deadline, answer_grace_s=s.answer_grace_s, priority=prio, key=key,
+                             weight=weight)
             runs.append((off, q, machine, req, clock))
         self.engine.submit(ids, [r[3] for r in runs])
         tasks = [asyncio.ensure_future(self._consume(spec, len(ids), off - relabel, q, m, req, clock, on_event))

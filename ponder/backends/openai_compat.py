@@ -32,6 +32,7 @@ import os
 import re
 from typing import Any, Callable, Sequence
 
+from ponder.backends.dialects import priority_fields
 from ponder.telemetry import span
 from ponder.backends.base import Backend, BackendInfo, SampleSpec
 from ponder.backends.http import ConnectFailed, ConnectionCut, HttpPool, Response
@@ -64,6 +65,9 @@ def approx_tokens(text: str) -> int:
 
 
 class OpenAICompatBackend(Backend, ChatEngine):
+    #: how the engine takes request priorities (``engine_priority`` of the lane: none, vllm, sglang)
+    priority_mode = "none"
+
     def __init__(
         self,
         base_url: str,
@@ -93,12 +97,14 @@ class OpenAICompatBackend(Backend, ChatEngine):
     @classmethod
     def from_lane(cls, lane) -> "OpenAICompatBackend":
         key = os.environ.get(lane.api_key_env) if lane.api_key_env else None
-        return cls(
+        b = cls(
             lane.base_url, lane.upstream_model or lane.model or "default", api_key=key, name=lane.name,
             native_reasoning=True if lane.native_reasoning is None else lane.native_reasoning,
             timeout_s=lane.timeout_s, max_connections=lane.max_connections,
             no_think_body=dict(lane.no_think_body), reasoning_format=lane.reasoning_format,
         )
+        b.priority_mode = lane.engine_priority
+        return b
 
     def _pool(self) -> HttpPool:
         """One connection pool per event loop (the gateway has one; tests and the CLI may make several)."""
@@ -139,6 +145,7 @@ class OpenAICompatBackend(Backend, ChatEngine):
                 body["tool_choice"] = spec.tool_choice
         if not thinking:
             body.update(self._no_think_body)
+        body.update(priority_fields(self.priority_mode, spec.sched))
         return body
 
     async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:

@@ -53,7 +53,9 @@ def _probe(lane: Any, url: str) -> Any:
     from ponder.backends.text_engine import TextEngineBackend
 
     log.info("lane %s: llama-server at %s: raw completions, exact thinking control, every strategy", lane.name, root)
-    return TextEngineBackend(lane.base_urls or [lane.base_url], lane.upstream_model or lane.model or "default",
-                             props={**props, "_counts": counts}, name=lane.name, timeout_s=lane.timeout_s,
-                             max_connections=lane.max_connections, api_key=key,
-                             reasoning_format=lane.reasoning_format, eject_s=lane.eject_s)
+    b = TextEngineBackend(lane.base_urls or [lane.base_url], lane.upstream_model or lane.model or "default",
+                          props={**props, "_counts": counts}, name=lane.name, timeout_s=lane.timeout_s,
+                          max_connections=lane.max_connections, api_key=key,
+                          reasoning_format=lane.reasoning_format, eject_s=lane.eject_s)
+    b.priority_mode = lane.engine_priority
+    return b

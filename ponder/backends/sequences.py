@@ -86,6 +86,10 @@ class SeqRequest:
     answer_grace_s: float = 2.0
     #: score request: return the log-probabilities of these next tokens after the prompt, sample nothing
     score_ids: tuple[int, ...] | None = None
+    #: scheduling: class rank (0 most urgent), the key whose fair share it counts against, the key's weight
+    priority: int = 1
+    key: str = ""
+    weight: float = 1.0
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ponder.telemetry import span
 from ponder.backends.base import CONTROL_SLACK, SampleSpec
-from ponder.backends.dialects import CallEnd
+from ponder.backends.dialects import CallEnd, priority_fields
 from ponder.backends.replicas import AFFINITY_CHARS
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
@@ -66,6 +66,7 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
             break
         body = backend.dialect.completion_body(base + m.text, max_tokens=left, sampling=spec.sampling,
                                                stop=(), n_probs=n_probs, grammar=grammar, stream=True)
+        body.update(priority_fields(backend.priority_mode, spec.sched))
         backend.replicas.started(replica)
         try:
             with span("POST /completions", **{"server.address": replica.url, "ponder.lane": backend.name,

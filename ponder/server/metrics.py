@@ -27,6 +27,8 @@ class Metrics:
         self.tta = Histogram("ponder_time_to_answer_seconds", "Time to the first answer token", ["lane"], buckets=TIME_BUCKETS, registry=r)
         self.duration = Histogram("ponder_request_seconds", "Whole request time", ["lane"], buckets=TIME_BUCKETS, registry=r)
         self.queue_time = Histogram("ponder_queue_seconds", "Time spent waiting for an engine slot", ["lane"], buckets=TIME_BUCKETS, registry=r)
+        self.class_wait = Histogram("ponder_queue_wait_seconds", "Time waiting for an engine slot by scheduling "
+                                    "class and key", ["class", "key"], buckets=TIME_BUCKETS, registry=r)
         self.cost = Counter("ponder_cost_usd", "Dollars spent (configured prices)", ["lane"], registry=r)
         self.in_flight = Gauge("ponder_in_flight_requests", "Requests being served", ["lane"], registry=r)
         self.queue_depth = Gauge("ponder_queue_depth", "Sequences waiting for an engine slot", ["engine"], registry=r)
@@ -110,6 +112,9 @@ class Metrics:
             tta.observe(t.time_to_answer_s)
         duration.observe(t.total_s)
         queue.observe(t.queue_s)
+        from ponder.config_ops import CLASSES
+
+        self.class_wait.labels(CLASSES[min(outcome.plan.priority, 2)], self.key_label(outcome.key)).observe(t.queue_s)
         if outcome.status == 499:
             self.cancelled.labels(lane).inc()
         elif outcome.error is not None:

@@ -114,6 +114,8 @@ class StrategyRequest:
     prompt: Any = field(default=None, compare=False)
     #: early exit by probing (:class:`ponder.strategies.probe.EarlyExit`; None: off)
     early_exit: Any = None
+    #: (class rank, key, weight) for engines that admit by class and fair share
+    sched: Any = None
 
     @property
     def question(self) -> str:

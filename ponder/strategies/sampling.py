@@ -45,7 +45,7 @@ def spec_of(request: StrategyRequest, messages: tuple[Message, ...] | None = Non
         loop_guard=request.loop_guard, cancel=request.cancel, deadline=request.deadline,
         answer_grace_s=request.answer_grace_s, tools=request.tools,
         response_format=request.response_format, client_tools=request.client_tools, tool_choice=request.tool_choice,
-        prompt=request.prompt if messages is None else None,
+        prompt=request.prompt if messages is None else None, sched=request.sched,
     )
 
 

@@ -52,7 +52,7 @@ class StateUnavailable(PonderError):
 def build_tenancy(config: PonderConfig, *, replica: str | None = None) -> "Tenancy | None":
     """The gateway's key and quota keeper; None when nothing is limited (no keys, no anonymous limits)."""
     auth = config.auth
-    anonymous_limited = any(v is not None for k, v in auth.anonymous.model_dump().items() if k != "clamp")
+    anonymous_limited = any(v is not None for k, v in auth.anonymous.model_dump().items() if k not in ("clamp", "weight"))
     if not auth.keys and not auth.required and not anonymous_limited:
         return None
     return Tenancy(config, open_store(config.state.url), replica=replica)
@@ -135,6 +135,7 @@ class Tenancy:
                 plan = replace(plan, strategy_params=_with_count(plan, name, new))
         if budget is not plan.budget or clamped != plan.clamped:
             plan = replace(plan, budget=budget, clamped=clamped)
+        plan = _schedule(principal, plan)
         retry = plan.guard.retry if plan.guard is not None else None
         if retry is not None:  # the guard's escalation is held to the key's caps too (ponder's choice: no error)
             cap = min([c for _, c in caps] or [retry.budget.max_tokens])
@@ -343,6 +344,18 @@ class Reservation:
             actual.update(tokens=float(u.total_tokens), thinking=float(u.thinking_tokens),
                           spend=float(outcome.cost_usd))
         await self.tenancy.settle(self.principal.name, self.res_id, self.asks, actual)
+
+
+def _schedule(principal: Principal, plan: "Plan") -> "Plan":
+    """The key caps the request's class (it cannot be more urgent than the key's ``priority``) and names its
+    fair share (its name and ``weight``)."""
+    from ponder.config_ops import CLASSES
+
+    lim = principal.limits
+    rank = plan.priority
+    if lim.priority is not None and rank < CLASSES.index(lim.priority):
+        rank = CLASSES.index(lim.priority)
+    return replace(plan, priority=rank, sched_key=principal.name, sched_weight=lim.weight)
 
 
 def _count_param(plan: "Plan") -> str | None:

@@ -1,0 +1,89 @@
+"""Scheduling classes and fair admission: short requests first, no key takes every slot, a key cannot raise its class."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ponder.backends.base import SampleSpec
+from ponder.backends.dialects import priority_fields
+from ponder.backends.openai_compat import OpenAICompatBackend
+from ponder.config import config_from_dict
+from ponder.planning import plan_request
+from ponder.request import PonderRequest
+from ponder.tenancy.tenancy import Principal, Tenancy
+from ponder.config_ops import KeyLimits
+from ponder.tenancy.store import MemoryStore
+from ponder.types import Message, Sampling, ThinkingBudget
+
+Q = (Message("user", "Count from one to twenty in words."),)
+
+
+def cfg(**server):
+    return config_from_dict({"lanes": [{"name": "default"}], "ledger": {"url": "off"}, "server": server})
+
+
+def test_the_class_comes_from_the_effort_and_a_request_may_only_lower_it():
+    c = cfg()
+    assert plan_request(PonderRequest(Q, effort="none"), c).priority == 0
+    assert plan_request(PonderRequest(Q, effort="high"), c).priority == 2
+    lowered = plan_request(PonderRequest(Q, effort="none", priority="batch"), c)
+    assert lowered.priority == 2
+    raised = plan_request(PonderRequest(Q, effort="high", priority="interactive"), c)
+    assert raised.priority == 2 and raised.clamped["ponder.priority"]["to"] == "batch"
+    lane = cfg(scheduling={"lanes": {"default": "interactive"}})
+    assert plan_request(PonderRequest(Q, effort="high"), lane).priority == 0
+
+
+def test_a_key_caps_the_class_and_names_its_share():
+    c = cfg()
+    t = Tenancy(c, MemoryStore())
+    plan = plan_request(PonderRequest(Q, effort="none"), c)
+    capped = t.apply_limits(Principal("bulk", KeyLimits(priority="batch", weight=0.5)), plan)
+    assert capped.priority == 2 and capped.sched_key == "bulk" and capped.sched_weight == 0.5
+    free = t.apply_limits(Principal("team", KeyLimits()), plan)
+    assert free.priority == 0
+
+
+def test_priority_reaches_vllm_and_sglang_in_their_own_polarity():
+    spec = SampleSpec(Q, ThinkingBudget(0), Sampling(), sched=(0, "k", 1.0))
+    assert priority_fields("vllm", (0, "k", 1.0)) == {"priority": 0}      # vLLM: lower first
+    assert priority_fields("vllm", (2, "k", 1.0)) == {"priority": 2}
+    assert priority_fields("sglang", (0, "k", 1.0)) == {"priority": 2}    # SGLang: higher first
+    assert priority_fields("none", (0, "k", 1.0)) == {} and priority_fields("vllm", None) == {}
+    b = OpenAICompatBackend("http://127.0.0.1:9/v1", "m")
+    assert "priority" not in b._body(Q, max_tokens=8, spec=spec, thinking=False)
+    b.priority_mode = "vllm"
+    assert b._body(Q, max_tokens=8, spec=spec, thinking=False)["priority"] == 0
+
+
+@pytest.mark.model
+def test_the_engine_admits_by_class_then_fair_share():
+    """One slot, a long batch sequence holding it; what waits is admitted interactive first, and key A's
+    three queued samples do not all go before key B's one."""
+    from ponder.backends.llama_cpp import LlamaCppBackend
+
+    b = LlamaCppBackend(n_ctx=1024, max_sequences=1)
+    order: list[str] = []
+
+    async def one(name: str, sched: tuple, tokens: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        spec = SampleSpec(Q, ThinkingBudget(tokens, min_tokens=tokens), Sampling(seed=1, max_answer_tokens=2),
+                          sched=sched)
+        await b.sample(spec)
+        order.append(name)
+
+    async def go() -> None:
+        await asyncio.gather(
+            one("long-batch", (2, "x", 1.0), 48, 0.0),
+            one("A1-standard", (1, "A", 1.0), 4, 0.05), one("A2-standard", (1, "A", 1.0), 4, 0.06),
+            one("A3-standard", (1, "A", 1.0), 4, 0.07), one("B1-standard", (1, "B", 1.0), 4, 0.08),
+            one("batch", (2, "C", 1.0), 4, 0.09), one("interactive", (0, "D", 1.0), 4, 0.10))
+
+    try:
+        asyncio.run(go())
+    finally:
+        b.close()
+    assert order[0] == "long-batch" and order[1] == "interactive" and order[-1] == "batch"
+    assert order.index("B1-standard") < order.index("A3-standard"), order
