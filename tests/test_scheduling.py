@@ -60,8 +60,9 @@ def test_priority_reaches_vllm_and_sglang_in_their_own_polarity():
 
 @pytest.mark.model
 def test_the_engine_admits_by_class_then_fair_share():
-    """One slot, a long batch sequence holding it; what waits is admitted interactive first, and key A's
-    three queued samples do not all go before key B's one."""
+    """One decoding place, a long batch sequence in it: the interactive request preempts it, the standard ones
+    follow (key A's three queued samples do not all go before key B's one), then the paused long one resumes
+    before the batch request that came later."""
     from ponder.backends.llama_cpp import LlamaCppBackend
 
     b = LlamaCppBackend(n_ctx=1024, max_sequences=1)
@@ -85,5 +86,36 @@ def test_the_engine_admits_by_class_then_fair_share():
         asyncio.run(go())
     finally:
         b.close()
-    assert order[0] == "long-batch" and order[1] == "interactive" and order[-1] == "batch"
+    assert order[0] == "interactive" and order[-2:] == ["long-batch", "batch"], order
     assert order.index("B1-standard") < order.index("A3-standard"), order
+
+
+@pytest.mark.model
+def test_a_preempted_greedy_sequence_produces_exactly_the_tokens_of_an_unpreempted_run():
+    from ponder.backends.llama_cpp import LlamaCppBackend
+
+    b = LlamaCppBackend(n_ctx=1024, max_sequences=1)
+    long_spec = SampleSpec(Q, ThinkingBudget(96, min_tokens=96), Sampling(temperature=0.0, max_answer_tokens=8),
+                           sched=(2, "bulk", 1.0))
+    short = SampleSpec((Message("user", "Hi"),), ThinkingBudget(4), Sampling(temperature=0.0, max_answer_tokens=4),
+                       sched=(0, "chat", 1.0))
+
+    async def alone():
+        return await b.sample(long_spec)
+
+    async def interrupted():
+        async def later():
+            await asyncio.sleep(0.15)  # the long one is decoding by now
+            return await b.sample(short)
+        return await asyncio.gather(b.sample(long_spec), later())
+
+    try:
+        solo = asyncio.run(alone())
+        before = b.engine.preemptions
+        mixed, quick = asyncio.run(interrupted())
+        assert b.engine.preemptions == before + 1 and b.engine.resumed >= 1
+    finally:
+        b.close()
+    assert mixed.thinking == solo.thinking and mixed.answer == solo.answer
+    assert mixed.usage.thinking_tokens == solo.usage.thinking_tokens == 96
+    assert quick.timings.total_s < mixed.timings.total_s

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ponder.backends.control import SequenceControl
+from ponder.backends.preemption import Scheduling
 from ponder.backends.threads import Governor
 from ponder.backends.llama_runtime import LlamaRuntime
 from ponder.backends.prompt_cache import PromptCache
@@ -51,7 +52,7 @@ log = logging.getLogger("ponder.engine")
 
 
 
-class Engine(SequenceControl, LlamaRuntime):
+class Engine(SequenceControl, Scheduling, LlamaRuntime):
     """Owns one llama.cpp context and schedules every sequence on it."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 4096, kv_cells: int | None = None,
@@ -67,7 +68,9 @@ class Engine(SequenceControl, LlamaRuntime):
         self._waiting: deque[Group] = deque()
         self._seqs: list[Seq] = []
         self._jobs: list[Job] = []
-        self._free_slots = list(range(max_sequences))
+        # decoding places, then (past the prompt cache's ids) ids for sequences paused by a more urgent class
+        self._free_slots = list(range(max_sequences)) + list(range(max_sequences + cache_slots,
+                                                                   2 * max_sequences + cache_slots))
         #: finished prompts kept in spare sequence slots
         self.cache = PromptCache(lc, self.mem, max_sequences, cache_slots, min_reuse)
         #: KV cells reserved by running sequences (their prompts and worst-case continuations)
@@ -78,9 +81,7 @@ class Engine(SequenceControl, LlamaRuntime):
         self._closed = False
         self.steps = 0
         self.tokens_decoded = 0
-        #: fair share between keys: the virtual time, and each key's last finish tag
-        self._vtime = 0.0
-        self._vfinish: dict[str, float] = {}
+        self._sched_init()
         #: backs the thread count off when decoding collapses on a shared CPU (ponder.backends.threads)
         self.governor = Governor(self.n_threads, self._set_threads)
         self._thread = threading.Thread(target=self._run, name=f"ponder-engine-{self.path.stem}", daemon=True)
@@ -112,7 +113,9 @@ class Engine(SequenceControl, LlamaRuntime):
             waiting = sum(len(g.members) for g in self._waiting) + sum(len(g.members) for g in self._incoming)
             return {"active": len(self._seqs), "waiting": waiting, "max_sequences": self.max_sequences,
                     "kv_cells": self.kv_cells, "kv_reserved": self._cells_in_use(), "cached_prompts": len(self.cache),
-                    "threads": self.governor.threads, "decode_tokens_per_second": round(self.governor.rate, 2)}
+                    "threads": self.governor.threads, "decode_tokens_per_second": round(self.governor.rate, 2),
+                    "preempted": sum(1 for s in self._seqs if s.preempted_at is not None),
+                    "preemptions": self.preemptions, "resumed": self.resumed}
 
     def _set_threads(self, n: int) -> None:
         """Owner thread only (between steps)."""
@@ -192,20 +195,8 @@ class Engine(SequenceControl, LlamaRuntime):
                 keep.append(g)
         self._waiting = keep
 
-    def _next_index(self) -> int:
-        """The waiting group to admit next: the most urgent class, then the earliest deadline, then the key
-        furthest behind its weighted fair share (start-time fair queuing: a group of n samples counts n), then
-        arrival."""
-        best, best_i = None, 0
-        for i, g in enumerate(self._waiting):
-            m = g.members[0]
-            start = max(self._vtime, self._vfinish.get(m.key, 0.0))
-            rank = (m.priority, m.deadline.at if m.deadline is not None else float("inf"), start, g.t_submit)
-            if best is None or rank < best:
-                best, best_i = rank, i
-        return best_i
-
     def _admit(self) -> None:
+        self._resume_preempted()  # a paused sequence goes before a new group of its own class
         while self._waiting:
             i = self._next_index()
             if i:  # the chosen group to the front; the others keep their order behind it
@@ -222,14 +213,12 @@ class Engine(SequenceControl, LlamaRuntime):
                 self._waiting.insert(1, tail)
                 continue
             reserve = len(g.prompt) + sum(m.max_new for m in g.members)
-            if len(self._free_slots) < need_slots or not self._fits(reserve):
-                return
+            if not self._fits(reserve) or not self._make_room(g):
+                break
             self._waiting.popleft()
-            m = g.members[0]
-            start = max(self._vtime, self._vfinish.get(m.key, 0.0))
-            self._vfinish[m.key] = start + len(g.members) / max(m.weight, 1e-6)
-            self._vtime = start
+            self._charge(g)
             self._start_group(g, reserve)
+        self._resume_preempted()
 
     def _fits(self, reserve: int) -> bool:
         while self._cells_in_use() + reserve > self.kv_cells and len(self.cache):
@@ -263,7 +252,8 @@ class Engine(SequenceControl, LlamaRuntime):
         b = self.batch
         n = 0
         outputs: list[tuple[Seq, int]] = []  # (sequence, batch index of its logits)
-        now_seqs = [s for s in self._seqs if s.state == "decode" and s.next_token is not None]
+        now_seqs = [s for s in self._seqs if s.state == "decode" and s.next_token is not None
+                    and s.preempted_at is None]
         # decoding sequences first: one token each
         for s in now_seqs:
             if self._check_interrupt(s):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from pathlib import Path
 
 from ponder.errors import BackendError
@@ -58,7 +57,8 @@ class LlamaRuntime:
         cp.n_ctx = self.kv_cells
         cp.n_batch = n_batch
         cp.n_ubatch = n_batch
-        cp.n_seq_max = max_sequences + cache_slots
+        # decoding places, cached prompts, and as many ids again for sequences paused by a more urgent class
+        cp.n_seq_max = 2 * max_sequences + cache_slots
         cp.kv_unified = True  # one pool of cells: prefixes are shared (seq_cp) instead of copied
         cp.n_threads = self.n_threads
         cp.n_threads_batch = self.n_threads

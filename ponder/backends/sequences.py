@@ -114,7 +114,7 @@ class Job:
 class Seq:
     __slots__ = ("req", "slot", "prompt", "cont", "cont_bytes", "n_eval", "next_token", "sampler", "grammar_sampler",
                  "decoder", "state", "generated", "cached", "t_admit", "group", "injected", "logits_idx", "reserved",
-                 "paused_since")
+                 "paused_since", "preempted_at", "preempted_s")
 
     def __init__(self, req: SeqRequest, slot: int, prompt: list[int], group: "GroupState") -> None:
         self.req = req
@@ -138,6 +138,9 @@ class Seq:
         self.logits_idx: int | None = None
         self.reserved = req.max_new
         self.paused_since: float | None = None
+        #: paused for a more urgent class (ponder.backends.preemption): since when, and for how long in all
+        self.preempted_at: float | None = None
+        self.preempted_s = 0.0
 
     @property
     def positions(self) -> int:

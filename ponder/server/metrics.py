@@ -37,6 +37,10 @@ class Metrics:
                                     "(backed off when decoding collapses on a shared CPU)", ["engine"], registry=r)
         self.decode_rate = Gauge("ponder_engine_decode_tokens_per_second", "Tokens an embedded engine decoded per "
                                  "second over its last window of decode steps", ["engine"], registry=r)
+        self.preemptions = Gauge("ponder_engine_preemptions", "Sequences an embedded engine paused for a more "
+                                 "urgent class (since start)", ["engine"], registry=r)
+        self.resumed = Gauge("ponder_engine_resumed", "Paused sequences an embedded engine resumed (since start)",
+                             ["engine"], registry=r)
         self.cancelled = Counter("ponder_cancelled", "Generations stopped because the client left", ["lane"], registry=r)
         self.degraded = Counter("ponder_degraded", "Requests admitted with a lowered effort (load shedding)", ["lane"], registry=r)
         self.fallbacks = Counter("ponder_fallbacks", "Requests answered by a fallback lane", ["lane"], registry=r)
