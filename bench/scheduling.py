@@ -16,7 +16,14 @@ Target: with the governor, >= 0.4x the quiet rate.  Bounded: each phase
 stops after --tokens tokens or --seconds seconds; the busy process is killed
 at the end whatever happens.
 
-    .venv/bin/python bench/scheduling.py [--tokens 256] [--seconds 60]
+Then mixed traffic (--mixed): 4 long reasoning requests (class batch,
+--long-tokens thinking each, max_sequences 4) and a short request (class
+interactive, no thinking) every second; the shorts' p95 time to answer on
+an idle engine, beside the long ones without preemption, and with it
+(target <= 1.5x idle), and the long ones' total time with preemption
+against without (target <= 1.15x).
+
+    .venv/bin/python bench/scheduling.py [--tokens 256] [--seconds 60] [--mixed] [--long-tokens 1500]
 """
 
 from __future__ import annotations
@@ -52,10 +59,60 @@ async def decode(backend, tokens: int, seconds: float, seed: int) -> tuple[int, 
     return g.usage.thinking_tokens, time.perf_counter() - t0
 
 
+def p95(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+
+
+async def mixed(backend, long_tokens: int, shorts: int, preempt: bool, with_long: bool) -> tuple[list[float], float]:
+    """(the shorts' seconds to answer, the longest long request's seconds)."""
+    from ponder.backends.base import SampleSpec
+    from ponder.thinking.machine import LoopGuardSettings
+    from ponder.types import Message, Sampling, ThinkingBudget
+
+    backend.engine.preempt = preempt
+    off = LoopGuardSettings(enabled=False)
+    long_spec = SampleSpec((Message("user", PROMPT),), ThinkingBudget(long_tokens, min_tokens=long_tokens),
+                           Sampling(seed=5, temperature=0.8, max_answer_tokens=8), loop_guard=off, sched=(2, "bulk", 1.0))
+    short_spec = SampleSpec((Message("user", "Say hello."),), ThinkingBudget(0),
+                            Sampling(seed=1, temperature=0.0, max_answer_tokens=12), sched=(0, "chat", 1.0))
+    t0 = time.perf_counter()
+    longs = [asyncio.ensure_future(backend.sample(long_spec.seeded(i))) for i in range(4)] if with_long else []
+    waits = []
+
+    async def short(i: int) -> None:
+        await asyncio.sleep(1.0 + i)
+        t = time.perf_counter()
+        await backend.sample(short_spec)
+        waits.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(short(i) for i in range(shorts)))
+    await asyncio.gather(*longs)
+    return waits, (time.perf_counter() - t0) if with_long else 0.0
+
+
+def mixed_traffic(backend, args) -> None:
+    shorts = args.shorts
+    idle, _ = asyncio.run(mixed(backend, args.long_tokens, shorts, True, False))
+    base = p95(idle)
+    print(f"mixed traffic: 4 long requests of {args.long_tokens} thinking tokens, a short one every second")
+    print(f"  shorts on an idle engine             p95 {base:6.2f} s")
+    no, long_no = asyncio.run(mixed(backend, args.long_tokens, shorts, False, True))
+    print(f"  beside the long ones, no preemption  p95 {p95(no):6.2f} s ({p95(no) / base:5.1f}x idle); long ones "
+          f"{long_no:6.1f} s")
+    yes, long_yes = asyncio.run(mixed(backend, args.long_tokens, shorts, True, True))
+    print(f"  beside the long ones, preemption     p95 {p95(yes):6.2f} s ({p95(yes) / base:5.1f}x idle; target "
+          f"<= 1.5x: {'met' if p95(yes) <= 1.5 * base else 'MISSED'}); long ones {long_yes:6.1f} s "
+          f"({long_yes / long_no:.2f}x without; target <= 1.15x: {'met' if long_yes <= 1.15 * long_no else 'MISSED'})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--mixed", action="store_true", help="also the mixed-traffic scenario (preemption)")
+    ap.add_argument("--long-tokens", type=int, default=1500)
+    ap.add_argument("--shorts", type=int, default=12)
     args = ap.parse_args()
     from ponder.backends.llama_cpp import LlamaCppBackend
 
@@ -94,6 +151,10 @@ def main() -> None:
             busy.wait()
 
     asyncio.run(run())
+    if args.mixed:
+        backend.close()
+        backend = LlamaCppBackend(n_ctx=4096, max_sequences=4)
+        mixed_traffic(backend, args)
     backend.close()
 
 

@@ -69,6 +69,8 @@ class Scheduling:
         over = len(running) + need - self.max_sequences
         if over <= 0:
             return True
+        if not getattr(self, "preempt", True):
+            return False
         prio = g.members[0].priority
         victims = sorted((s for s in running if s.req.priority > prio and s.state == "decode"),
                          key=lambda s: (-s.req.priority, -s.t_admit))[:over]
