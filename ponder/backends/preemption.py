@@ -84,9 +84,17 @@ class Scheduling:
 
     def _resume_preempted(self) -> None:
         """Paused sequences go back to decoding, most urgent first, while places are free and nothing more
-        urgent waits."""
-        paused = sorted((s for s in self._seqs if s.preempted_at is not None and s.state != "done"),
-                        key=lambda s: (s.req.priority, s.t_admit))
+        urgent waits.  While an interactive sequence decodes, less urgent ones stay paused: it decodes alone
+        (as fast as on an idle engine), and a short request costs the long ones only its own few steps."""
+        live = [s for s in self._seqs if s.state != "done"]
+        if any(s.req.priority == 0 and s.preempted_at is None for s in live) and getattr(self, "preempt", True):
+            now = time.perf_counter()
+            for s in live:
+                if s.req.priority > 0 and s.preempted_at is None and s.state == "decode":
+                    s.preempted_at = now
+                    self.preemptions += 1
+            return
+        paused = sorted((s for s in live if s.preempted_at is not None), key=lambda s: (s.req.priority, s.t_admit))
         if not paused:
             return
         free = self.max_sequences - len(self._decoding())

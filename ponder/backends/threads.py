@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,8 +66,10 @@ class Governor:
     collapse: float = 0.3
     patience: int = 2
     retry_s: float = 20.0
-    #: best seconds per step seen per (thread count, batch size bucket)
+    #: recent windows' per-token step time per (thread count, batch size bucket): the reference a window is
+    #: judged against (recent, not all-time: per-token time grows as contexts grow, a collapse is sudden)
     best: dict = field(default_factory=dict)
+    history: int = 8
     maximum: int = 0
     rate: float = 0.0
     _win_start: float = 0.0
@@ -98,13 +101,17 @@ class Governor:
         self.rate = self._win_tokens / elapsed if elapsed > 0 else 0.0
         # per-token step time against the best this thread count reached on the same batch size
         ratios = []
+        window: dict = {}
         for b, per in self._win_steps:
-            key = (self.threads, b)
-            best = self.best.get(key)
-            if best is None or per < best:
-                self.best[key] = per
-                best = per
-            ratios.append(best / per if per > 0 else 1.0)
+            window.setdefault(b, []).append(per)
+        for b, pers in window.items():
+            recent = self.best.setdefault((self.threads, b), deque(maxlen=self.history))
+            ref = min(recent) if recent else None
+            pers.sort()
+            median = pers[len(pers) // 2]
+            if ref is not None:
+                ratios += [ref / per if per > 0 else 1.0 for per in pers]
+            recent.append(median)
         self._win_start, self._win_tokens, self._win_steps = now, 0, []
         speed = sorted(ratios)[len(ratios) // 2] if ratios else 1.0
         if self._trial is not None:
