@@ -256,7 +256,9 @@ class Engine(SequenceControl, Scheduling, LlamaRuntime):
                     and s.preempted_at is None]
         # decoding sequences first: one token each
         for s in now_seqs:
-            if self._check_interrupt(s):
+            # an interrupt may end the sequence, or rewrite it (a deadline's answer cue: its next token is gone
+            # and the new text is prefilled as a job below): either way it has no token to decode this step
+            if self._check_interrupt(s) or s.next_token is None or s.state != "decode":
                 continue
             pos = s.n_eval
             self._add(n, s.next_token, pos, (s.slot,), True)
