@@ -150,12 +150,16 @@ def flags_of(results: list[StrategyResult]) -> list[dict]:
     return [dict(f, choice=i) for i, r in enumerate(results) for f in r.extra.get("flags") or []]
 
 
+def guard_records(extra: dict) -> list[dict]:
+    """The guard records of an outcome's ``extra`` (one per choice that had one), as a list."""
+    guards = extra.get("guard")
+    return guards if isinstance(guards, list) else [guards] if guards else []
+
+
 def all_flags(extra: dict) -> list[str]:
     """Every flag raised while answering: the returned answers' and those of answers a guard action replaced."""
-    guards = extra.get("guard")
-    guards = guards if isinstance(guards, list) else [guards] if guards else []
     found = [f["flag"] for f in extra.get("flags") or []]
-    found += [f["flag"] for g in guards for f in g.get("flags_before") or []]
+    found += [f["flag"] for g in guard_records(extra) for f in g.get("flags_before") or []]
     return sorted(set(found))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ponder.outcome import guard_records
+
 TOKEN_BUCKETS = (0, 16, 64, 256, 1024, 4096, 16384, 65536)
 TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
@@ -141,11 +143,9 @@ class Metrics:
 
     def _flags(self, lane: str, extra: dict) -> None:
         """Every checked answer's flags: the returned ones, and those of answers a guard action replaced."""
-        guards = extra.get("guard")
-        guards = guards if isinstance(guards, list) else [guards] if guards else []
         for f in extra.get("flags") or []:
             self.flags.labels(lane, f["flag"]).inc()
-        for g in guards:
+        for g in guard_records(extra):
             if "skipped" not in g:
                 self.guard_actions.labels(lane, g["action"]).inc()
                 for f in g.get("flags_before") or []:
