@@ -108,7 +108,7 @@ def main() -> int:
     sc = next(r for r in rows if r["strategy"] == BASELINE)
     hits = [r for r in rows if r["strategy"] not in ("single", BASELINE) and r["ratio"] <= 0.6
             and sc["ci95"][0] <= r["accuracy"]]
-    print(f"\ntarget (a confidence/adaptive strategy within SC8's 95% interval at <= 0.6x its tokens): "
+    print("\ntarget (a confidence/adaptive strategy within SC8's 95% interval at <= 0.6x its tokens): "
           + (", ".join(f"{r['strategy']} ({r['accuracy']:.2f} at {r['ratio']:.2f}x)" for r in hits) if hits
              else "not met"))
     if not hits:

@@ -5,7 +5,7 @@ import time
 from ponder.backends.scripted import ScriptedBackend
 from ponder.thinking import prompts
 from ponder.thinking.machine import AnswerDelta, ThinkingDelta
-from ponder.types import CancelToken, Deadline, Message, Sampling, ThinkingBudget
+from ponder.types import CancelToken, Deadline, Sampling, ThinkingBudget
 
 from helpers import Q, sample
 

@@ -15,7 +15,6 @@ from ponder.strategies.voting import prob_leader_ahead, tally
 from ponder.strategies.base import Sample
 from ponder.thinking import prompts
 from ponder.types import Generation, Message, Sampling, ThinkingBudget, ThinkingReport, Timings, Usage
-from ponder.verifiers.base import Verdict
 from ponder.verifiers.equivalence import Equivalence
 from ponder.verifiers.programmatic import CallableVerifier
 

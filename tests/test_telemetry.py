@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import threading
-import time
 
 import pytest
 

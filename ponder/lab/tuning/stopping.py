@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 from ponder.errors import ConfigError
 from ponder.lab.config import BenchConfig, parse_variant
-from ponder.lab.metrics import wilson_interval
 
 #: the variants tried on dev (each runs on the baseline's pooled draws where the strategy is pooled)
 GRID: dict[str, list[dict[str, Any]]] = {
