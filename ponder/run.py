@@ -178,7 +178,7 @@ class Run:
             self.cancel.cancel()
         except PonderError as exc:
             status, error = exc.status, exc
-        except Exception as exc:  # a bug: logged with the request id, reported as a 500
+        except Exception:  # a bug: logged with the request id, reported as a 500
             log.exception("request %s failed", self.id)
             status, error = 500, PonderError("internal error in ponder (see the server log)")
             error.status, error.type, error.code = 500, "server_error", "internal_error"  # type: ignore[misc]
@@ -339,8 +339,10 @@ class Run:
                               status, stopped, first_lane=self.plan.lane.name)
         first = results[0].chosen.timings if results else Timings()
         queue_s = self.queue_s + (first.queue_s or 0.0)
+        # samples run side by side: the request was held back as long as its most paused sample
+        preempted = max((s.generation.timings.preempted_s for r in results for s in r.samples), default=0.0)
         timings = Timings(queue_s=queue_s, ttft_s=self._first_token, time_to_answer_s=self._first_answer,
-                          total_s=self.elapsed())
+                          total_s=self.elapsed(), preempted_s=preempted)
         backend = self.deps.engines.cached(plan.lane)
         return Outcome(
             id=self.id, created=self.created, plan=plan, model=backend.info.model if backend else plan.lane.name,

@@ -160,11 +160,13 @@ class Timings:
     ttft_s: float | None = None
     time_to_answer_s: float | None = None
     total_s: float = 0.0
+    #: seconds paused by the engine for a more urgent class (ponder.backends.preemption)
+    preempted_s: float = 0.0
 
     def to_dict(self) -> dict:
         r = lambda v: round(v, 6) if isinstance(v, float) else v  # noqa: E731
         return {"queue_s": r(self.queue_s), "ttft_s": r(self.ttft_s), "time_to_answer_s": r(self.time_to_answer_s),
-                "total_s": r(self.total_s)}
+                "total_s": r(self.total_s), "preempted_s": r(self.preempted_s)}
 
 
 @dataclass(frozen=True)

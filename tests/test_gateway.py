@@ -66,7 +66,7 @@ def test_non_streaming_shape_usage_and_cost(client):
     expected = (u.prompt_tokens * PRICES["input_per_1m"] + u.completion_tokens * PRICES["output_per_1m"]) / 1e6
     assert extra["cost_usd"] == pytest.approx(expected, rel=1e-6)
     t = extra["timings"]
-    assert t["total_s"] >= t["ttft_s"] > 0 and t["queue_s"] >= 0
+    assert t["total_s"] >= t["ttft_s"] > 0 and t["queue_s"] >= 0 and t["preempted_s"] == 0.0  # alone: never paused
     assert extra["lane"] == "default" and extra["thinking"]["budget"] == 32
 
 

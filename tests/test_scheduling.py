@@ -119,3 +119,94 @@ def test_a_preempted_greedy_sequence_produces_exactly_the_tokens_of_an_unpreempt
     assert mixed.thinking == solo.thinking and mixed.answer == solo.answer
     assert mixed.usage.thinking_tokens == solo.usage.thinking_tokens == 96
     assert quick.timings.total_s < mixed.timings.total_s
+
+
+@pytest.mark.model
+def test_a_paused_sequences_deadline_and_cancellation_act_while_it_is_paused():
+    """Two decoding places; an interactive request of 800 thinking tokens pauses two batch sequences.  The one
+    whose deadline passes at 1.5 s answers within its grace while the interactive one still decodes; the
+    cancelled one ends at once.  (Acted on only at resume, both would end after the interactive one.)"""
+    import time as _time
+
+    from ponder.backends.llama_cpp import LlamaCppBackend
+    from ponder.thinking.machine import LoopGuardSettings
+    from ponder.types import CancelToken, Deadline
+
+    b = LlamaCppBackend(n_ctx=2048, max_sequences=2)
+    cancel = CancelToken()
+    off = LoopGuardSettings(enabled=False)
+    ended: dict[str, float] = {}
+
+    async def run(name: str, spec: SampleSpec, delay: float = 0.0):
+        await asyncio.sleep(delay)
+        g = await b.sample(spec)
+        ended[name] = _time.perf_counter()
+        return g
+
+    async def go():
+        t0 = _time.perf_counter()
+        long_budget = ThinkingBudget(400, min_tokens=400)
+        timed = SampleSpec(Q, long_budget, Sampling(seed=1, max_answer_tokens=6), sched=(2, "bulk", 1.0),
+                           deadline=Deadline.after(1.5), answer_grace_s=1.0, loop_guard=off)
+        dropped = SampleSpec(Q, long_budget, Sampling(seed=2, max_answer_tokens=6), sched=(2, "bulk", 1.0),
+                             cancel=cancel, loop_guard=off)
+        chat = SampleSpec(Q, ThinkingBudget(800, min_tokens=800), Sampling(seed=3, max_answer_tokens=4),
+                          sched=(0, "chat", 1.0), loop_guard=off)
+
+        async def cancel_later():
+            await asyncio.sleep(0.8)
+            cancel.cancel()
+
+        res = await asyncio.gather(run("timed", timed), run("dropped", dropped), run("chat", chat, 0.3),
+                                   cancel_later())
+        return t0, res
+
+    try:
+        t0, (timed, dropped, chat, _) = asyncio.run(go())
+        preempted = b.engine.preemptions
+    finally:
+        b.close()
+    assert preempted >= 1
+    assert timed.finish_reason != "cancelled" and timed.usage.thinking_tokens < 400, timed
+    assert ended["timed"] < ended["chat"] and ended["dropped"] < ended["chat"], (ended, t0, chat, dropped)
+    assert ended["timed"] - t0 < 1.5 + 1.0 + 1.0
+    assert timed.timings.preempted_s > 0.3
+
+
+@pytest.mark.model
+def test_kv_save_and_restore_frees_and_reclaims_cells():
+    """512 KV cells: a long greedy batch sequence reserves ~400, an interactive request needs ~150 more.  The long
+    one is saved out of the cache (its cells freed), the interactive one runs and ends first, the long one is
+    restored and finishes with exactly the tokens of an uninterrupted run."""
+    from ponder.backends.llama_cpp import LlamaCppBackend
+    from ponder.thinking.machine import LoopGuardSettings
+
+    off = LoopGuardSettings(enabled=False)
+    b = LlamaCppBackend(n_ctx=512, kv_cells=512, max_sequences=2, cache_slots=0)
+    long_spec = SampleSpec(Q, ThinkingBudget(300, min_tokens=300), Sampling(temperature=0.0, max_answer_tokens=8),
+                           sched=(2, "bulk", 1.0), loop_guard=off)
+    short = SampleSpec((Message("user", "Hi"),), ThinkingBudget(64), Sampling(temperature=0.0, max_answer_tokens=4),
+                       sched=(0, "chat", 1.0))
+    seen: list[dict] = []
+
+    async def interrupted():
+        async def later():
+            await asyncio.sleep(0.3)  # the long one is decoding by now
+            g = await b.sample(short)
+            seen.append(b.engine.load())
+            return g
+        return await asyncio.gather(b.sample(long_spec), later())
+
+    try:
+        solo = asyncio.run(b.sample(long_spec))
+        mixed, quick = asyncio.run(interrupted())
+        load = b.engine.load()
+    finally:
+        b.close()
+    assert load["kv_saved"] == 1 and load["kv_restored"] == 1, load
+    assert seen[0]["saved_out"] == 1, seen          # when the short one ended, the long one was still out
+    assert mixed.thinking == solo.thinking and mixed.answer == solo.answer
+    assert mixed.usage.thinking_tokens == solo.usage.thinking_tokens == 300
+    assert quick.timings.total_s < mixed.timings.total_s
+    assert mixed.timings.preempted_s > 0
+    assert load["kv_reserved"] == 0                   # every reservation given back

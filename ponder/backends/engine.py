@@ -115,7 +115,9 @@ class Engine(SequenceControl, Scheduling, LlamaRuntime):
                     "kv_cells": self.kv_cells, "kv_reserved": self._cells_in_use(), "cached_prompts": len(self.cache),
                     "threads": self.governor.threads, "decode_tokens_per_second": round(self.governor.rate, 2),
                     "preempted": sum(1 for s in self._seqs if s.preempted_at is not None),
-                    "preemptions": self.preemptions, "resumed": self.resumed}
+                    "preemptions": self.preemptions, "resumed": self.resumed,
+                    "saved_out": sum(1 for s in self._seqs if s.saved is not None),
+                    "kv_saved": self.saved, "kv_restored": self.restored}
 
     def _set_threads(self, n: int) -> None:
         """Owner thread only (between steps)."""
@@ -150,6 +152,7 @@ class Engine(SequenceControl, Scheduling, LlamaRuntime):
                 self._drop_dead_waiting()
                 for s in [s for s in self._seqs if s.state == "paused"]:
                     self._check_interrupt(s)
+                self._interrupt_paused()
                 self._admit()
                 ran = self._step()
                 self._flush_mail()
@@ -213,7 +216,7 @@ class Engine(SequenceControl, Scheduling, LlamaRuntime):
                 self._waiting.insert(1, tail)
                 continue
             reserve = len(g.prompt) + sum(m.max_new for m in g.members)
-            if not self._fits(reserve) or not self._make_room(g):
+            if not (self._fits(reserve) or self._swap_room(g, reserve)) or not self._make_room(g):
                 break
             self._waiting.popleft()
             self._charge(g)
@@ -229,7 +232,7 @@ class Engine(SequenceControl, Scheduling, LlamaRuntime):
         self._reserved += reserve
         state = GroupState(len(g.prompt), len(g.members), len(g.prompt))
         seqs = []
-        donor, common = self.cache.donor(g.prompt, self._seqs)
+        donor, common = self.cache.donor(g.prompt, [s for s in self._seqs if s.saved is None])
         reuse = min(common, len(g.prompt) - 1) if common >= self.min_reuse else 0
         for m in g.members:
             slot = self._free_slots.pop()
@@ -346,13 +349,18 @@ class Engine(SequenceControl, Scheduling, LlamaRuntime):
         self._reserved -= s.reserved
         if g.live == 0:
             self._reserved -= g.reserved_prompt
-            self.cache.keep(s, self.kv_cells - self._cells_in_use())
+            if s.saved is None:
+                self.cache.keep(s, self.kv_cells - self._cells_in_use())
+        s.saved = None
         lc.llama_memory_seq_rm(self.mem, s.slot, -1, -1)
         free_samplers(lc, s)
         self._seqs.remove(s)
         self._free_slots.append(s.slot)
         if post:
-            s.req.post(Done(s.generated, len(s.prompt), s.cached, reason, scores, s.injected))
+            if s.preempted_at is not None:
+                s.preempted_s += time.perf_counter() - s.preempted_at
+                s.preempted_at = None
+            s.req.post(Done(s.generated, len(s.prompt), s.cached, reason, scores, s.injected, s.preempted_s))
 
     def _fail(self, s: Seq, err: BaseException) -> None:
         if s.state == "done":

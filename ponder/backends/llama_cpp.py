@@ -158,6 +158,7 @@ class LlamaCppBackend(Backend):
                     usage.cached_prompt_tokens = ev.cached_tokens
                 elif isinstance(ev, Done):
                     usage.cached_prompt_tokens = ev.cached_tokens
+                    clock.preempted_s = ev.preempted_s
                     finish = None
                     if machine.phase != "done":
                         finish = {"cancelled": "cancelled", "deadline": "deadline", "error": "stop"}.get(ev.reason)

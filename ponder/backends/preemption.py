@@ -13,14 +13,25 @@ A mixin of :class:`ponder.backends.engine.Engine` (owner thread only).
   decoding ones, and keep their next token and sampler, so when they resume
   nothing is lost or changed (greedy output identical to an unpaused run).
   They resume, most urgent first, as soon as a decoding place is free and no
-  more urgent group waits.  KV cells are never overcommitted: a group that
-  does not fit the cells waits, preemption or not (saving a paused sequence
-  out of the cache is not built).  Deadlines keep running while paused;
-  thinking budgets count tokens and are untouched.
+  more urgent group waits.  Deadlines keep running while paused; thinking
+  budgets count tokens and are untouched.
+* **Saving out of the KV cache.** KV cells are never overcommitted.  When a
+  more urgent group does not fit the free cells, whole groups of less urgent
+  sequences (every live sample of a request, at a step boundary) are paused
+  and their cells saved to host memory (``llama_state_seq_get_data``) and
+  removed, least urgent and most recent first; they are restored
+  (``llama_state_seq_set_data``) when their cells fit again, before they
+  resume.  A restored sample holds its own copy of the prompt's cells.
+* **Interrupts while paused.** A paused sequence's cancellation or deadline
+  is acted on at the next step boundary, not when it would have resumed: a
+  cancelled one ends at once (its places and cells freed); one whose
+  deadline cuts its thinking resumes at once, beyond ``max_sequences`` if it
+  must, and is never paused again (its answer has ``answer_grace_s``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import time
 from typing import Any
 
@@ -39,6 +50,9 @@ class Scheduling:
         self._vfinish: dict[str, float] = {}
         self.preemptions = 0
         self.resumed = 0
+        #: sequences saved out of the KV cache, and restored into it (since start)
+        self.saved = 0
+        self.restored = 0
 
     def _next_index(self) -> int:
         best, best_i = None, 0
@@ -57,6 +71,23 @@ class Scheduling:
         self._vfinish[m.key] = start + len(g.members) / max(m.weight, 1e-6)
         self._vtime = start
 
+    def _interrupt_paused(self) -> None:
+        """Act on paused sequences' cancellations and deadlines now: end them, or resume them for their answer."""
+        now = time.perf_counter()
+        for s in [s for s in self._seqs if s.preempted_at is not None and s.state != "done"]:
+            r = s.req
+            if not (r.cancel.cancelled or (r.deadline is not None and r.deadline.passed)):
+                continue
+            if s.saved is not None and (r.cancel.cancelled or not self._restore(s)):
+                # cancelled, or no cells to answer in: it ends with what it has, never restored
+                self._finish(s, "cancelled" if r.cancel.cancelled else "deadline")
+                continue
+            s.preempted_s += now - s.preempted_at
+            s.preempted_at = None
+            s.must_run = True
+            self.resumed += 1
+            self._check_interrupt(s)
+
     def _decoding(self) -> list:
         return [s for s in self._seqs if s.preempted_at is None and s.state != "done"]
 
@@ -72,7 +103,7 @@ class Scheduling:
         if not getattr(self, "preempt", True):
             return False
         prio = g.members[0].priority
-        victims = sorted((s for s in running if s.req.priority > prio and s.state == "decode"),
+        victims = sorted((s for s in running if s.req.priority > prio and s.state == "decode" and not s.must_run),
                          key=lambda s: (-s.req.priority, -s.t_admit))[:over]
         if len(victims) < over:
             return False
@@ -90,7 +121,7 @@ class Scheduling:
         if any(s.req.priority == 0 and s.preempted_at is None for s in live) and getattr(self, "preempt", True):
             now = time.perf_counter()
             for s in live:
-                if s.req.priority > 0 and s.preempted_at is None and s.state == "decode":
+                if s.req.priority > 0 and s.preempted_at is None and s.state == "decode" and not s.must_run:
                     s.preempted_at = now
                     self.preemptions += 1
             return
@@ -103,7 +134,76 @@ class Scheduling:
         for s in paused:
             if free <= 0 or (head is not None and head < s.req.priority):
                 break
+            if s.saved is not None and not self._restore(s):
+                break
             s.preempted_s += now - s.preempted_at
             s.preempted_at = None
             self.resumed += 1
             free -= 1
+
+    # -- saving out of the KV cache ------------------------------------------------
+    def _swap_room(self, g: Any, reserve: int) -> bool:
+        """Cells for ``g`` (``reserve`` of them) by saving whole groups of less urgent sequences out of the KV."""
+        short = self._cells_in_use() + reserve - self.kv_cells
+        if short <= 0:
+            return True
+        if not getattr(self, "preempt", True):
+            return False
+        prio = g.members[0].priority
+        groups: dict[int, list] = {}
+        for s in self._seqs:
+            groups.setdefault(id(s.group), []).append(s)
+        candidates = []
+        for members in groups.values():
+            if len(members) != members[0].group.live:
+                continue
+            if all(s.req.priority > prio and s.state == "decode" and s.next_token is not None and not s.must_run
+                   and s.saved is None for s in members):
+                freed = sum(s.reserved for s in members) + members[0].group.reserved_prompt
+                rank = (-members[0].req.priority, -max(s.t_admit for s in members))
+                candidates.append((rank, freed, members))
+        candidates.sort(key=lambda c: c[0])
+        chosen, freed = [], 0
+        for _, cells, members in candidates:
+            if freed >= short:
+                break
+            chosen.append(members)
+            freed += cells
+        if freed < short:
+            return False
+        for members in chosen:
+            for s in members:
+                self._save(s)
+        return True
+
+    def _save(self, s: Any) -> None:
+        """Pause ``s`` with its cells copied to host memory and removed from the KV cache."""
+        lc = self._lc
+        size = lc.llama_state_seq_get_size(self.ctx, s.slot)
+        buf = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self.ctx, buf, size, s.slot) != size:
+            raise RuntimeError(f"llama_state_seq_get_data wrote less than the {size} bytes of sequence {s.slot}")
+        s.saved = buf
+        lc.llama_memory_seq_rm(self.mem, s.slot, -1, -1)
+        g = s.group
+        self._reserved -= s.reserved + g.reserved_prompt
+        g.reserved_prompt = 0
+        # restored alone, it holds its own prompt cells besides its continuation
+        s.reserved, s.saved_reserve = 0, len(s.prompt) + s.req.max_new
+        if s.preempted_at is None:
+            s.preempted_at = time.perf_counter()
+            self.preemptions += 1
+        self.saved += 1
+
+    def _restore(self, s: Any) -> bool:
+        """Put a saved sequence's cells back when they fit; False when they do not (yet)."""
+        if not self._fits(s.saved_reserve):
+            return False
+        size = len(s.saved)
+        if self._lc.llama_state_seq_set_data(self.ctx, s.saved, size, s.slot) != size:
+            raise RuntimeError(f"llama_state_seq_set_data could not restore sequence {s.slot}")
+        s.saved = None
+        s.reserved, s.saved_reserve = s.saved_reserve, 0
+        self._reserved += s.reserved
+        self.restored += 1
+        return True

@@ -62,6 +62,8 @@ class Done:
     scores: dict[int, float] | None = None
     #: injected tokens (cues, closings, tool results) that were prefilled
     injected_tokens: int = 0
+    #: seconds it spent paused for a more urgent class
+    preempted_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class Job:
 class Seq:
     __slots__ = ("req", "slot", "prompt", "cont", "cont_bytes", "n_eval", "next_token", "sampler", "grammar_sampler",
                  "decoder", "state", "generated", "cached", "t_admit", "group", "injected", "logits_idx", "reserved",
-                 "paused_since", "preempted_at", "preempted_s")
+                 "paused_since", "preempted_at", "preempted_s", "must_run", "saved", "saved_reserve")
 
     def __init__(self, req: SeqRequest, slot: int, prompt: list[int], group: "GroupState") -> None:
         self.req = req
@@ -141,6 +143,11 @@ class Seq:
         #: paused for a more urgent class (ponder.backends.preemption): since when, and for how long in all
         self.preempted_at: float | None = None
         self.preempted_s = 0.0
+        #: its deadline cut it while paused: it decodes to its answer and is not paused again
+        self.must_run = False
+        #: its KV cells saved to host memory while paused (ponder.backends.preemption), and the cells it needs back
+        self.saved = None
+        self.saved_reserve = 0
 
     @property
     def positions(self) -> int:

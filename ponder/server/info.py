@@ -105,6 +105,8 @@ def render_metrics(gw: Gateway) -> bytes:
                 metrics.decode_rate.labels(b.info.name).set(load["decode_tokens_per_second"])
                 metrics.preemptions.labels(b.info.name).set(load.get("preemptions", 0))
                 metrics.resumed.labels(b.info.name).set(load.get("resumed", 0))
+                metrics.kv_saved.labels(b.info.name).set(load.get("kv_saved", 0))
+                metrics.kv_restored.labels(b.info.name).set(load.get("kv_restored", 0))
     in_flight: dict[str, int] = {}
     for run, _ in gw.runs.values():
         in_flight[run.plan.lane.name] = in_flight.get(run.plan.lane.name, 0) + 1

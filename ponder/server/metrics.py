@@ -43,6 +43,10 @@ class Metrics:
                                  "urgent class (since start)", ["engine"], registry=r)
         self.resumed = Gauge("ponder_engine_resumed", "Paused sequences an embedded engine resumed (since start)",
                              ["engine"], registry=r)
+        self.kv_saved = Gauge("ponder_engine_kv_saved", "Paused sequences an embedded engine saved out of its KV "
+                              "cache to make room for a more urgent class (since start)", ["engine"], registry=r)
+        self.kv_restored = Gauge("ponder_engine_kv_restored", "Saved sequences an embedded engine restored into its "
+                                 "KV cache (since start)", ["engine"], registry=r)
         self.cancelled = Counter("ponder_cancelled", "Generations stopped because the client left", ["lane"], registry=r)
         self.degraded = Counter("ponder_degraded", "Requests admitted with a lowered effort (load shedding)", ["lane"], registry=r)
         self.fallbacks = Counter("ponder_fallbacks", "Requests answered by a fallback lane", ["lane"], registry=r)

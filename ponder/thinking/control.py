@@ -95,6 +95,7 @@ class Clock:
     first_token: float | None = None
     first_answer: float | None = None
     queue_s: float = 0.0
+    preempted_s: float = 0.0
 
     def saw(self, event: Event) -> None:
         now = time.perf_counter() - self.t0
@@ -105,7 +106,7 @@ class Clock:
 
     def timings(self) -> Timings:
         return Timings(queue_s=self.queue_s, ttft_s=self.first_token, time_to_answer_s=self.first_answer,
-                       total_s=time.perf_counter() - self.t0)
+                       total_s=time.perf_counter() - self.t0, preempted_s=self.preempted_s)
 
 
 def generation_of(m: ThinkingMachine, usage: Usage, clock: Clock, *,
