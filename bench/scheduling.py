@@ -23,7 +23,15 @@ an idle engine, beside the long ones without preemption, and with it
 (target <= 1.5x idle), and the long ones' total time with preemption
 against without (target <= 1.15x).
 
-    .venv/bin/python bench/scheduling.py [--tokens 256] [--seconds 60] [--mixed] [--long-tokens 1500]
+Then two keys (--keys): key "bulk" sends self-consistency n=16 requests
+(two at once, every sample --bulk-tokens of thinking), key "chat" a single
+request every half second, both class standard, max_sequences 4.  The chat
+key's p95 queue wait with start-time fair queuing against first come, first
+served.  The bound, as configured (equal weights): a chat request waits at
+most for one place to free, i.e. one bulk sample's decode time (its p95);
+target: p95 wait <= that bound.
+
+    .venv/bin/python bench/scheduling.py [--tokens 256] [--seconds 60] [--mixed] [--long-tokens 1500] [--keys]
 """
 
 from __future__ import annotations
@@ -106,6 +114,42 @@ def mixed_traffic(backend, args) -> None:
           f"({long_yes / long_no:.2f}x without; target <= 1.15x: {'met' if long_yes <= 1.15 * long_no else 'MISSED'})")
 
 
+async def two_keys(backend, bulk_tokens: int, chats: int, fair: bool) -> tuple[list[float], list[float]]:
+    """(the chat key's queue waits, the bulk key's per-sample decode seconds)."""
+    from ponder.backends.base import SampleSpec
+    from ponder.thinking.machine import LoopGuardSettings
+    from ponder.types import Message, Sampling, ThinkingBudget
+
+    backend.engine.fair = fair
+    off = LoopGuardSettings(enabled=False)
+    bulk = SampleSpec((Message("user", PROMPT),), ThinkingBudget(bulk_tokens, min_tokens=bulk_tokens),
+                      Sampling(seed=7, temperature=0.8, max_answer_tokens=8), loop_guard=off, sched=(1, "bulk", 1.0))
+    chat = SampleSpec((Message("user", "Say hello."),), ThinkingBudget(16),
+                      Sampling(seed=1, temperature=0.0, max_answer_tokens=8), sched=(1, "chat", 1.0))
+    waits: list[float] = []
+
+    async def one_chat(i: int) -> None:
+        await asyncio.sleep(1.0 + 0.5 * i)
+        g = await backend.sample(chat)
+        waits.append(g.timings.queue_s)
+
+    bulks = [asyncio.ensure_future(backend.sample_many(bulk.seeded(100 * i), 16)) for i in range(2)]
+    await asyncio.gather(*(one_chat(i) for i in range(chats)))
+    samples = [g for gs in await asyncio.gather(*bulks) for g in gs]
+    return waits, [g.timings.total_s - g.timings.queue_s for g in samples]
+
+
+def keys_traffic(backend, args) -> None:
+    print(f"two keys: 'bulk' sends 2 x self-consistency n=16 ({args.bulk_tokens} thinking tokens a sample), "
+          f"'chat' a single request every 0.5 s; max_sequences 4")
+    fifo, _ = asyncio.run(two_keys(backend, args.bulk_tokens, args.chats, False))
+    print(f"  first come, first served   chat p95 queue wait {p95(fifo):6.2f} s (max {max(fifo):6.2f} s)")
+    fair, decode_s = asyncio.run(two_keys(backend, args.bulk_tokens, args.chats, True))
+    bound = p95(decode_s)
+    print(f"  fair queuing between keys  chat p95 queue wait {p95(fair):6.2f} s (max {max(fair):6.2f} s); bound "
+          f"(one bulk sample's p95 decode time) {bound:.2f} s: {'met' if p95(fair) <= bound else 'MISSED'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=256)
@@ -113,6 +157,10 @@ def main() -> None:
     ap.add_argument("--mixed", action="store_true", help="also the mixed-traffic scenario (preemption)")
     ap.add_argument("--long-tokens", type=int, default=1500)
     ap.add_argument("--shorts", type=int, default=12)
+    ap.add_argument("--no-cpu", action="store_true", help="skip the busy-neighbour phases")
+    ap.add_argument("--keys", action="store_true", help="also the two-key scenario (fair queuing)")
+    ap.add_argument("--bulk-tokens", type=int, default=96)
+    ap.add_argument("--chats", type=int, default=12)
     args = ap.parse_args()
     from ponder.backends.llama_cpp import LlamaCppBackend
 
@@ -150,11 +198,16 @@ def main() -> None:
             busy.kill()
             busy.wait()
 
-    asyncio.run(run())
+    if not args.no_cpu:
+        asyncio.run(run())
     if args.mixed:
         backend.close()
         backend = LlamaCppBackend(n_ctx=4096, max_sequences=4)
         mixed_traffic(backend, args)
+    if args.keys:
+        backend.close()
+        backend = LlamaCppBackend(n_ctx=2048, max_sequences=4)
+        keys_traffic(backend, args)
     backend.close()
 
 

@@ -210,3 +210,36 @@ def test_kv_save_and_restore_frees_and_reclaims_cells():
     assert quick.timings.total_s < mixed.timings.total_s
     assert mixed.timings.preempted_s > 0
     assert load["kv_reserved"] == 0                   # every reservation given back
+
+
+@pytest.mark.model
+def test_a_key_over_its_share_gives_a_place_back_to_another_key_at_once():
+    """Two places, one class: key "bulk" fills both with 4 samples of 200 tokens; key "chat" sends one request.
+    Equal weights give each key one place, so a bulk sample pauses at the next step and the chat request is
+    admitted at once and ends before any bulk sample (first come, first served: it waits for one to end)."""
+    from ponder.backends.llama_cpp import LlamaCppBackend
+    from ponder.thinking.machine import LoopGuardSettings
+
+    off = LoopGuardSettings(enabled=False)
+    b = LlamaCppBackend(n_ctx=1024, max_sequences=2)
+    bulk = SampleSpec(Q, ThinkingBudget(200, min_tokens=200), Sampling(seed=4, max_answer_tokens=4),
+                      sched=(1, "bulk", 1.0), loop_guard=off)
+    chat = SampleSpec((Message("user", "Hi"),), ThinkingBudget(8), Sampling(temperature=0.0, max_answer_tokens=4),
+                      sched=(1, "chat", 1.0))
+
+    async def go():
+        async def later():
+            await asyncio.sleep(0.3)
+            return await b.sample(chat)
+        return await asyncio.gather(b.sample_many(bulk, 4), later())
+
+    try:
+        samples, quick = asyncio.run(go())
+        paused = b.engine.preemptions
+    finally:
+        b.close()
+    assert paused >= 1
+    first_bulk = min(g.timings.total_s for g in samples)
+    assert quick.timings.queue_s < 0.25 * first_bulk, (quick.timings, first_bulk)
+    assert 0.3 + quick.timings.total_s < first_bulk
+    assert all(g.usage.thinking_tokens == 200 for g in samples)

@@ -22,6 +22,12 @@ A mixin of :class:`ponder.backends.engine.Engine` (owner thread only).
   removed, least urgent and most recent first; they are restored
   (``llama_state_seq_set_data``) when their cells fit again, before they
   resume.  A restored sample holds its own copy of the prompt's cells.
+* **Fair share.** Within a class, a key holding more than its weighted
+  share of the decoding places (``max_sequences`` x its weight over the
+  weights of the keys decoding or waiting in that class) gives back its most
+  recently admitted sequences, paused the same way, when another key within
+  its share waits: one key's n=16 uses every place while alone and never
+  keeps another key's request waiting for its samples to finish.
 * **Interrupts while paused.** A paused sequence's cancellation or deadline
   is acted on at the next step boundary, not when it would have resumed: a
   cancelled one ends at once (its places and cells freed); one whose
@@ -58,7 +64,8 @@ class Scheduling:
         best, best_i = None, 0
         for i, g in enumerate(self._waiting):
             m = g.members[0]
-            start = max(self._vtime, self._vfinish.get(m.key, 0.0))
+            # ``fair = False`` (benches only): first come, first served within a class
+            start = max(self._vtime, self._vfinish.get(m.key, 0.0)) if getattr(self, "fair", True) else 0.0
             rank = (m.priority, m.deadline.at if m.deadline is not None else float("inf"), start, g.t_submit)
             if best is None or rank < best:
                 best, best_i = rank, i
@@ -70,6 +77,30 @@ class Scheduling:
         start = max(self._vtime, self._vfinish.get(m.key, 0.0))
         self._vfinish[m.key] = start + len(g.members) / max(m.weight, 1e-6)
         self._vtime = start
+
+    def _over_share(self, g: Any, running: list, want: int) -> list:
+        """Up to ``want`` sequences of ``g``'s class that other keys hold beyond their weighted share of the
+        places, when ``g``'s key is within its own: a key's n=16 fills the places while it is alone, and gives
+        back its excess at the next step when another key's request arrives."""
+        m = g.members[0]
+        peers = [s for s in running if s.req.priority == m.priority]
+        weights = {s.req.key: s.req.weight for s in peers}
+        weights[m.key] = m.weight
+        total = sum(max(w, 1e-6) for w in weights.values())
+        share = {k: self.max_sequences * max(w, 1e-6) / total for k, w in weights.items()}
+        held: dict[str, int] = {}
+        for s in peers:
+            held[s.req.key] = held.get(s.req.key, 0) + 1
+        if held.get(m.key, 0) + len(g.members) > share[m.key]:
+            return []  # the waiting key already has its share: it waits its turn
+        victims = []
+        for s in sorted(peers, key=lambda s: -s.t_admit):
+            k = s.req.key
+            if len(victims) < want and k != m.key and s.state == "decode" and not s.must_run \
+                    and held[k] - 1 >= share[k]:
+                victims.append(s)
+                held[k] -= 1
+        return victims
 
     def _interrupt_paused(self) -> None:
         """Act on paused sequences' cancellations and deadlines now: end them, or resume them for their answer."""
@@ -105,6 +136,8 @@ class Scheduling:
         prio = g.members[0].priority
         victims = sorted((s for s in running if s.req.priority > prio and s.state == "decode" and not s.must_run),
                          key=lambda s: (-s.req.priority, -s.t_admit))[:over]
+        if len(victims) < over and getattr(self, "fair", True):
+            victims += self._over_share(g, running, over - len(victims))
         if len(victims) < over:
             return False
         now = time.perf_counter()
