@@ -372,7 +372,7 @@ def strategies_cmd(as_json: bool) -> None:
         return
     for i in infos:
         click.secho(i.name, bold=True, nl=False)
-        click.echo(f"  {i.description}" + ("  [needs text_completion: the embedded engine or llama-server]"
+        click.echo(f"  {i.description}" + ("  [needs text_completion: the embedded engine, llama-server, vLLM or SGLang]"
                                            if i.needs_text else ""))
         for p in i.parameters():
             rng = f"  ({p['range']})" if p["range"] else ""

@@ -70,6 +70,9 @@ class LaneConfig(_Strict):
     base_urls: list[str] = Field(default_factory=list)
     #: a replica of a fleet that cannot be reached (or fails 3 calls in a row) is left out this long
     eject_s: float = Field(10.0, gt=0, le=3600)
+    #: how often each replica's ``GET /health`` is checked (a failing one is ejected, a passing one readmitted);
+    #: 0: no active checks (calls that fail still eject)
+    health_interval_s: float = Field(5.0, ge=0, le=3600)
     upstream_model: str | None = None
     #: name of the environment variable holding the upstream API key
     api_key_env: str | None = None
@@ -89,6 +92,9 @@ class LaneConfig(_Strict):
     #: ``auto``: at start-up ask the engine what it offers (llama-server's raw completions make every strategy,
     #: exact thinking control and tools inside the thinking available); ``chat``: a chat API only, never probed
     capabilities: Literal["auto", "chat"] = "auto"
+    #: the model's chat template for raw completions on vLLM or SGLang (which do not publish theirs): the
+    #: model's ``tokenizer_config.json``, a Jinja file, or the template text; llama-server's is read from it
+    chat_template: str | None = None
     #: tokens one sequence may hold (the embedded engine's per-request context)
     n_ctx: int = Field(4096, ge=256)
     #: KV cells shared by all sequences of the embedded engine (default 4 x n_ctx)

@@ -1,7 +1,19 @@
 """How one engine family spells raw completions: the request body, a streamed piece, how a call ended.
 
 :class:`LlamaServerDialect` speaks llama.cpp's ``llama-server`` native
-``/completion``; vLLM's and SGLang's dialects belong here too.
+``/completion``; :class:`VLLMDialect` and :class:`SGLangDialect` speak the
+OpenAI ``/v1/completions`` endpoint with each engine's own extra fields
+(their documentation: vLLM's "OpenAI-Compatible Server" extra parameters and
+``structured_outputs``; SGLang's OpenAI API with ``ebnf``/``top_k``/
+``min_p``).  Every dialect answers the same questions, so the driver
+(:mod:`ponder.backends.text_driver`) never asks which engine it talks to:
+
+* ``path`` and ``completion_body(...)``: one continuation of a text;
+* ``read(obj)``: the piece a streamed chunk carries and, when it is the
+  last, how the call ended (:class:`CallEnd`);
+* ``result(obj)``: a non-streamed call's text and end;
+* ``top_candidates(obj)``: the next token's alternatives (model judges, PRMs),
+  by token id (llama-server) or by token text (OpenAI dialects).
 """
 
 from __future__ import annotations
@@ -36,6 +48,11 @@ class LlamaServerDialect:
     """llama.cpp's ``llama-server``: ``/props`` for the template, native ``/completion`` and ``/tokenize``."""
 
     name = "llama-server"
+    path = "/completion"
+    #: llama-server pins a call to one of its slots (``id_slot``): its prompt cache is per slot
+    pins_slots = True
+    #: next-token alternatives come back with token ids
+    scores_by_id = True
 
     def completion_body(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str],
                         n_probs: int, grammar: str | None, stream: bool, slot: int | None = None) -> dict:
@@ -69,6 +86,133 @@ class LlamaServerDialect:
         reason = {"eos": "stop", "limit": "length", "word": "word"}.get(kind, "stop")
         return CallEnd(reason, obj.get("stopping_word") or None, int(obj.get("tokens_evaluated") or 0),
                        int(t.get("cache_n") or obj.get("tokens_cached") or 0), int(obj.get("tokens_predicted") or 0))
+
+    def read(self, obj: dict) -> tuple[Piece | None, CallEnd | None]:
+        return self.piece(obj), (self.end(obj) if obj.get("stop") else None)
+
+    def result(self, obj: dict) -> tuple[str, CallEnd]:
+        return obj.get("content") or "", self.end(obj)
+
+    def score_body(self, prompt: str, n: int) -> dict:
+        body = self.completion_body(prompt, max_tokens=1, sampling=Sampling(temperature=0.0), stop=(), n_probs=n,
+                                    grammar=None, stream=False)
+        body["post_sampling_probs"] = False
+        return body
+
+    def top_candidates(self, obj: dict) -> dict:
+        top = ((obj.get("completion_probabilities") or [{}])[0] or {}).get("top_logprobs") or []
+        return {int(t["id"]): float(t["logprob"]) for t in top if "id" in t and "logprob" in t}
+
+    def tokenize_body(self, text: str, model: str) -> dict:
+        return {"content": text, "add_special": False}
+
+
+class OpenAICompletionsDialect:
+    """An engine's OpenAI ``/v1/completions``: streamed ``choices[0].text`` chunks, ``usage`` in the last one.
+
+    Token counts are exact: every call asks for ``logprobs`` (at least 1), so each chunk lists its tokens
+    (engines may coalesce several tokens into one chunk).  Subclasses add their engine's extra fields.
+    """
+
+    name = "openai-completions"
+    path = "/v1/completions"
+    pins_slots = False
+    scores_by_id = False
+    #: most alternatives the engine returns per token (vLLM's default ``--max-logprobs``)
+    max_logprobs = 20
+
+    def __init__(self, model: str = "default") -> None:
+        self.model = model
+
+    def completion_body(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str],
+                        n_probs: int, grammar: str | None, stream: bool, slot: int | None = None) -> dict:
+        body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": max(1, max_tokens),
+                                "stream": stream, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                                "top_k": sampling.top_k, "min_p": 0.0,
+                                "logprobs": max(1, min(n_probs, self.max_logprobs))}
+        if stop:
+            body["stop"] = list(stop)
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if grammar:
+            body.update(self.grammar_fields(grammar))
+        return body
+
+    def grammar_fields(self, grammar: str) -> dict:  # pragma: no cover - each engine names its own
+        raise NotImplementedError
+
+    def read(self, obj: dict) -> tuple[Piece | None, CallEnd | None]:
+        choices = obj.get("choices") or []
+        piece, end = None, None
+        if choices:
+            c = choices[0]
+            text = c.get("text") or ""
+            lp = c.get("logprobs") or {}
+            toks = lp.get("tokens") or []
+            tokens = len(toks) or (1 if text else 0)
+            logprob = None
+            if len(toks) == 1 and (lp.get("token_logprobs") or [None])[0] is not None:
+                tops = (lp.get("top_logprobs") or [None])[0] or {}
+                logprob = TokenLogprob(toks[0], float(lp["token_logprobs"][0]),
+                                       tuple(sorted(((t, float(v)) for t, v in tops.items()), key=lambda x: -x[1])))
+            if text or tokens:
+                piece = Piece(text, tokens, logprob)
+            if c.get("finish_reason"):
+                end = self._end(c, obj.get("usage"))
+        elif obj.get("usage"):  # the usage-only chunk that closes a stream with include_usage
+            end = self._end({}, obj["usage"])
+        return piece, end
+
+    def _end(self, choice: dict, usage: dict | None) -> CallEnd:
+        u = usage or {}
+        stop_reason = choice.get("stop_reason")
+        reason = {"length": "length"}.get(choice.get("finish_reason") or "", "stop")
+        if isinstance(stop_reason, str):
+            reason = "word"
+        details = u.get("prompt_tokens_details") or {}
+        return CallEnd(reason, stop_reason if isinstance(stop_reason, str) else None, int(u.get("prompt_tokens") or 0),
+                       int(details.get("cached_tokens") or 0), int(u.get("completion_tokens") or 0))
+
+    def result(self, obj: dict) -> tuple[str, CallEnd]:
+        c = (obj.get("choices") or [{}])[0]
+        return c.get("text") or "", self._end(c, obj.get("usage"))
+
+    def score_body(self, prompt: str, n: int) -> dict:
+        return self.completion_body(prompt, max_tokens=1, sampling=Sampling(temperature=0.0), stop=(),
+                                    n_probs=n, grammar=None, stream=False)
+
+    def top_candidates(self, obj: dict) -> dict:
+        c = (obj.get("choices") or [{}])[0]
+        tops = ((c.get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
+        return {str(t): float(v) for t, v in tops.items()}
+
+    def tokenize_body(self, text: str, model: str) -> dict:
+        return {"model": model, "prompt": text, "add_special_tokens": False}
+
+
+class VLLMDialect(OpenAICompletionsDialect):
+    """vLLM: grammar in ``structured_outputs`` (v0.12 and later; ``guided_grammar`` before), prefix caching on
+    by default (``cached_tokens`` reported with ``--enable-prompt-tokens-details``)."""
+
+    name = "vllm"
+
+    def grammar_fields(self, grammar: str) -> dict:
+        return {"structured_outputs": {"grammar": grammar}}
+
+
+class SGLangDialect(OpenAICompletionsDialect):
+    """SGLang: an EBNF grammar in ``ebnf`` (xgrammar takes llama.cpp's GBNF), RadixAttention prefix caching."""
+
+    name = "sglang"
+
+    def grammar_fields(self, grammar: str) -> dict:
+        return {"ebnf": grammar}
+
+
+#: dialects by engine family (the probe picks one)
+DIALECTS = {"llama-server": LlamaServerDialect, "vllm": VLLMDialect, "sglang": SGLangDialect}
 
 
 #: how an engine takes a request's scheduling class (rank 0 interactive, 1 standard, 2 batch) in its body:

@@ -11,14 +11,24 @@
   ``eject_after`` calls in a row is left out for ``eject_s`` seconds, then
   tried again (one call decides whether it is back).  A call that fails
   before its first byte is retried on the next replica in the ranking.
+* **Health checks.** Every ``interval_s`` a watcher thread asks each
+  replica's ``GET /health`` (llama-server, vLLM and SGLang all serve it;
+  llama-server answers 503 while it loads its model).  A replica that fails
+  is ejected before any request finds out, and stays out while it fails; one
+  that answers 200 again is readmitted at once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
+
+import httpx
+
+log = logging.getLogger("ponder.upstream")
 
 
 #: the prompt characters that decide a call's replica (a shared system prompt keeps one replica warm)
@@ -34,6 +44,8 @@ class Replica:
     failures_in_row: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
+    #: health checks failed (since start)
+    health_failures: int = 0
     #: connection pools by event loop
     pools: dict = field(default_factory=dict)
 
@@ -46,7 +58,8 @@ class Replica:
 
     def to_dict(self) -> dict:
         return {"url": self.url, "in_flight": self.in_flight, "calls": self.calls, "errors": self.errors,
-                "ejections": self.ejections, "ejected": self.ejected_until > time.monotonic()}
+                "ejections": self.ejections, "ejected": self.ejected_until > time.monotonic(),
+                "health_failures": self.health_failures}
 
 
 class Replicas:
@@ -105,3 +118,44 @@ class Replicas:
 
     def state(self) -> list[dict]:
         return [r.to_dict() for r in self.replicas]
+
+    # -- active health checks ----------------------------------------------------------------
+    def watch(self, interval_s: float, headers: dict | None = None, path: str = "/health") -> None:
+        """Check every replica's ``path`` every ``interval_s`` seconds on a daemon thread (``close`` stops it)."""
+        if interval_s <= 0 or getattr(self, "_watcher", None) is not None:
+            return
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, args=(interval_s, headers or {}, path),
+                                         name="ponder-health", daemon=True)
+        self._watcher.start()
+
+    def _watch(self, interval_s: float, headers: dict, path: str) -> None:
+        with httpx.Client(headers=headers, timeout=min(2.0, interval_s)) as client:
+            while not self._stop.wait(interval_s):
+                for r in self.replicas:
+                    try:
+                        ok = client.get(r.root + path).status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    self.checked(r, ok)
+
+    def checked(self, r: Replica, ok: bool) -> None:
+        """A health check's verdict: eject (or keep out) a failing replica, readmit a healthy one at once."""
+        now = time.monotonic()
+        with self._lock:
+            if ok:
+                if r.ejected_until > now:
+                    log.info("replica %s passes its health check: readmitted", r.url)
+                r.ejected_until = 0.0
+                r.failures_in_row = 0
+                return
+            r.health_failures += 1
+            if r.ejected_until <= now:
+                r.ejections += 1
+                log.warning("replica %s fails its health check: ejected", r.url)
+            r.ejected_until = max(r.ejected_until, now + self.eject_s)
+
+    def close(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()

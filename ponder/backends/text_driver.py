@@ -111,31 +111,24 @@ async def _stream(backend: Any, replica: Any, body: dict, m: Any, spec: SampleSp
     limit = backend.timeout_s if deadline is None else min(backend.timeout_s, max(0.05, deadline.left() + 1.0))
     try:
         async with asyncio.timeout(limit):
-            resp = await backend.root_pool(replica).post_json("/completion", body)
+            resp = await backend.root_pool(replica).post_json(backend.dialect.path, body)
             async with resp:
                 if resp.status >= 400:
                     raise await backend._http_error(resp)
                 async for line in resp.iter_lines():
-                    if not line.startswith("data:"):
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
-                    obj = json.loads(line[5:].strip())
-                    if obj.get("stop"):
-                        end = backend.dialect.end(obj)
-                        piece = backend.dialect.piece(obj)
-                        if piece is None or not piece.text:
-                            return None, end
-                    piece = backend.dialect.piece(obj)
-                    if piece is None:
-                        continue
-                    d = m.feed(piece.text, piece.tokens, piece.logprob)
-                    if d.kind != "continue":
-                        return d, end  # leaving the block closes the connection: the engine stops this call
-                    if spec.cancel.cancelled:
-                        return m.interrupt("cancelled"), end
-                    if deadline is not None and deadline.passed:
-                        return m.interrupt("deadline"), end
-                    if obj.get("stop"):
-                        return None, end
+                    piece, last = backend.dialect.read(json.loads(line[5:].strip()))
+                    if last is not None:
+                        end = last
+                    if piece is not None:
+                        d = m.feed(piece.text, piece.tokens, piece.logprob)
+                        if d.kind != "continue":
+                            return d, end  # leaving the block closes the connection: the engine stops this call
+                        if spec.cancel.cancelled:
+                            return m.interrupt("cancelled"), end
+                        if deadline is not None and deadline.passed:
+                            return m.interrupt("deadline"), end
         return None, end
     except TimeoutError:
         if deadline is not None and deadline.passed:

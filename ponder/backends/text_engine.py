@@ -1,7 +1,8 @@
 """A self-hosted engine driven the way ponder drives its own: one text, continued token by token.
 
-Where an upstream offers raw completions (llama.cpp's ``llama-server``
-today; the dialect is the seam for vLLM and SGLang), ponder renders the
+Where an upstream offers raw completions (llama.cpp's ``llama-server``,
+vLLM, SGLang: each spoken through its dialect in
+:mod:`ponder.backends.dialects`), ponder renders the
 model's own chat template itself and continues one text through think ->
 close -> answer with streamed completions.  The per-sequence thinking
 machine sees every token: a capped thinking is closed exactly at the cap,
@@ -24,7 +25,7 @@ from typing import Callable, Sequence
 
 from ponder.telemetry import span
 from ponder.backends.base import BackendInfo, Completion, Prompt, SampleSpec, prompt_key
-from ponder.backends.dialects import LlamaServerDialect
+from ponder.backends.dialects import DIALECTS
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.backends.openai_compat import OpenAICompatBackend, approx_tokens
 from ponder.backends.replicas import AFFINITY_CHARS, Replica, Replicas
@@ -43,15 +44,16 @@ class TextEngineBackend(OpenAICompatBackend):
 
     def __init__(self, urls: str | list[str], model: str, *, props: dict, name: str = "upstream", timeout_s: float = 120.0,
                  max_connections: int = 64, api_key: str | None = None, reasoning_format: str = "think",
-                 eject_s: float = 10.0) -> None:
+                 eject_s: float = 10.0, dialect: str = "llama-server", health_interval_s: float = 0.0) -> None:
         urls = [urls] if isinstance(urls, str) else list(urls)
         super().__init__(urls[0], model, api_key=api_key, name=name, timeout_s=timeout_s,
                          max_connections=max_connections, reasoning_format=reasoning_format)
         #: the fleet (one replica for a plain base_url): prefix affinity, ejection, failover
         self.replicas = Replicas(urls, eject_s=eject_s)
+        self.replicas.watch(health_interval_s, self._headers)
         from ponder.backends.llama_cpp import template_formatter
 
-        self.dialect = LlamaServerDialect()
+        self.dialect = DIALECTS[dialect]() if dialect == "llama-server" else DIALECTS[dialect](model)
         template = props.get("chat_template") or ""
         self._formatter = template_formatter(template, props.get("bos_token") or "", props.get("eos_token") or "")
         gen = props.get("default_generation_settings") or {}
@@ -82,24 +84,22 @@ class TextEngineBackend(OpenAICompatBackend):
                        cancel: CancelToken | None = None) -> Completion:
         body = self.dialect.completion_body(prompt, max_tokens=max_tokens, sampling=sampling, stop=stop,
                                             n_probs=0, grammar=None, stream=False)
-        obj = await self.post("/completion", body, cancel)
-        end = self.dialect.end(obj)
+        text, end = self.dialect.result(await self.post(self.dialect.path, body, cancel))
         finish = {"word": "stop", "stop": "stop", "length": "length"}.get(end.reason, "stop")
-        return Completion(obj.get("content") or "", end.prompt_tokens, end.cached_tokens, end.predicted,
-                          end.stopping_word, finish)
+        return Completion(text, end.prompt_tokens, end.cached_tokens, end.predicted, end.stopping_word, finish)
 
     async def next_token_logprobs(self, prompt: str, candidates: Sequence[str]) -> dict[str, float] | None:
+        """Log-probabilities of each candidate as the next token, from the engine's top alternatives (a
+        candidate outside them gets -inf): by token id where the engine gives ids, else by token text."""
+        obj = await self.post(self.dialect.path, self.dialect.score_body(prompt, 50), None)
+        top = self.dialect.top_candidates(obj)
+        if not self.dialect.scores_by_id:
+            return {c: top.get(c, float("-inf")) for c in candidates}
         ids = {c: await self.first_token(c) for c in candidates}
-        body = self.dialect.completion_body(prompt, max_tokens=1, sampling=Sampling(temperature=0.0), stop=(),
-                                            n_probs=50, grammar=None, stream=False)
-        body["post_sampling_probs"] = False
-        obj = await self.post("/completion", body, None)
-        top = ((obj.get("completion_probabilities") or [{}])[0] or {}).get("top_logprobs") or []
-        by_id = {int(t["id"]): float(t["logprob"]) for t in top if "id" in t and "logprob" in t}
-        return {c: by_id.get(i, float("-inf")) if i is not None else float("-inf") for c, i in ids.items()}
+        return {c: top.get(i, float("-inf")) if i is not None else float("-inf") for c, i in ids.items()}
 
     async def first_token(self, text: str) -> int | None:
-        obj = await self.post("/tokenize", {"content": text, "add_special": False}, None)
+        obj = await self.post("/tokenize", self.dialect.tokenize_body(text, self.model), None)
         toks = obj.get("tokens") or []
         return int(toks[0]) if toks else None
 
@@ -152,6 +152,7 @@ class TextEngineBackend(OpenAICompatBackend):
         return p
 
     async def aclose(self) -> None:
+        self.replicas.close()
         for r in self.replicas.replicas:
             for p in list(r.pools.values()):
                 await p.aclose()
