@@ -108,6 +108,19 @@ async def overhead(servers, rounds: int) -> list[float]:
     return diffs
 
 
+async def slot_floor(server, tag: str) -> float:
+    """The engine alone, no ponder: 8 concurrent identical completions on one replica of 4 slots, after one
+    warm-up call of the same prompt.  Prefilled tokens over one prompt: llama-server's floor for n=8."""
+    prompt = f"<|im_start|>system\n{SYSTEM} ({tag})<|im_end|>\n<|im_start|>user\nWhat is 17*23?<|im_end|>\n" \
+             "<|im_start|>assistant\n"
+    before = prefilled([server])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as c:
+        one = (await c.post("/completion", json={"prompt": prompt, "n_predict": 1, "cache_prompt": True})).json()
+        await asyncio.gather(*(c.post("/completion", json={"prompt": prompt, "n_predict": 8, "cache_prompt": True,
+                                                           "seed": i, "temperature": 0.8}) for i in range(8)))
+    return (prefilled([server]) - before) / max(1, int(one.get("tokens_evaluated") or 1))
+
+
 async def main(rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         servers = [LlamaServer(Path(tmp) / n, slots=4, ctx=8192, metrics=True) for n in ("a", "b")]
@@ -123,6 +136,9 @@ async def main(rounds: int) -> None:
             print(f"1. self-consistency n=8, prompt of {prompt:.0f} tokens, {rounds} rounds: prefilled "
                   f"{a:.0f} tokens with affinity ({a / prompt:.2f}x one prompt), {r:.0f} round robin "
                   f"({r / prompt:.2f}x); target <= 1.2x with affinity: {'met' if a / prompt <= 1.2 else 'NOT met'}")
+            floor = await slot_floor(servers[0], "floor")
+            print(f"   llama-server's own floor: 8 identical completions on 4 slots after a warm-up call prefilled "
+                  f"{floor:.2f}x one prompt (each slot prefills it once: its prompt cache is per slot)")
             cont = await capped(servers, chat=False)
             chat = await capped(servers, chat=True)
             print(f"2. capped at 64 thinking tokens: continuation prefilled {cont[0]} tokens in {cont[1]:.2f} s "

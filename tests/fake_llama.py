@@ -20,10 +20,11 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 
 class FakeLlamaServer:
-    def __init__(self, reply, flavor: str = "llama-server") -> None:
+    def __init__(self, reply, flavor: str = "llama-server", slots: int = 0) -> None:
         self.reply, self.prompts, self.bodies, self.flavor = reply, [], [], flavor
         #: what ``GET /health`` answers (503: loading, as llama-server says while it loads its model)
         self.health = 200
+        self.slots = slots
         self.port = free_port()
         fake = self
 
@@ -54,7 +55,7 @@ class FakeLlamaServer:
                     return
                 if fake.flavor == "llama-server":
                     return self._json({"chat_template": CHATML, "bos_token": "", "eos_token": "<|im_end|>",
-                                       "default_generation_settings": {"n_ctx": 4096}})
+                                       "default_generation_settings": {"n_ctx": 4096}, "total_slots": fake.slots})
                 if self.path == "/v1/models":
                     return self._json({"object": "list", "data": [{"id": "fake-model", "object": "model",
                                                                    "max_model_len": 4096}]})

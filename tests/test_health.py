@@ -46,3 +46,34 @@ def test_a_failing_health_check_ejects_a_replica_and_a_passing_one_readmits_it()
         asyncio.run(backend.aclose())
         for f in fakes:
             f.close()
+
+
+def test_each_samples_calls_are_pinned_to_one_slot_and_samples_spread_over_the_slots():
+    """llama-server caches prompts per slot: a sample's continuation (after the cap closes its thinking) must go
+    back to the slot that holds its text, and concurrent samples take the least loaded slots."""
+    from fake_llama import FakeLlamaServer
+
+    from ponder.backends.probe import text_engine_or_none
+    from ponder.config import LaneConfig
+
+    fake = FakeLlamaServer(lambda p: "3 " * 40 if "</think>" not in p.rsplit("assistant", 1)[-1] else "6",
+                           slots=2)
+    backend = text_engine_or_none(LaneConfig(name="one", backend="openai", base_url=fake.url,
+                                             health_interval_s=0))
+    spec = SampleSpec((Message("user", "3 + 3?"),), ThinkingBudget(8), Sampling(seed=1, max_answer_tokens=4))
+
+    async def two():
+        return await asyncio.gather(backend.sample(spec.seeded(0)), backend.sample(spec.seeded(1)))
+
+    try:
+        asyncio.run(two())
+    finally:
+        asyncio.run(backend.aclose())
+        fake.close()
+    by_slot: dict[int, list[str]] = {}
+    for body in fake.bodies:
+        by_slot.setdefault(body["id_slot"], []).append(body["prompt"])
+    assert sorted(by_slot) == [0, 1], by_slot.keys()               # one sample a slot
+    for prompts in by_slot.values():                               # the capped call, then its continuation
+        assert len(prompts) == 2 and prompts[1].startswith(prompts[0])
+    assert all(r.slot_load == [0, 0] for r in backend.replicas.replicas)  # every pin released

@@ -48,6 +48,8 @@ class Replica:
     health_failures: int = 0
     #: connection pools by event loop
     pools: dict = field(default_factory=dict)
+    #: samples ponder has pinned to each of the engine's slots (llama-server: its prompt cache is per slot)
+    slot_load: list = field(default_factory=list)
 
     @property
     def root(self) -> str:
@@ -96,6 +98,25 @@ class Replicas:
         bound = max(1.0, (1 + self.load_slack) * (mean + 1))
         light = [r for r in healthy if r.in_flight < bound]
         return light + [r for r in healthy if r not in light] + [r for r in order if r not in healthy]
+
+    def pin(self, r: Replica, n_slots: int) -> int | None:
+        """A slot of ``r`` for one sample's calls (the least loaded), or None when the engine has no slots to pin:
+        every continuation of the sample then finds its own text in that slot's cache."""
+        if n_slots <= 0:
+            return None
+        with self._lock:
+            if len(r.slot_load) != n_slots:
+                r.slot_load = [0] * n_slots
+            slot = min(range(n_slots), key=lambda i: r.slot_load[i])
+            r.slot_load[slot] += 1
+            return slot
+
+    def unpin(self, r: Replica, slot: int | None) -> None:
+        if slot is None:
+            return
+        with self._lock:
+            if slot < len(r.slot_load):
+                r.slot_load[slot] = max(0, r.slot_load[slot] - 1)
 
     def started(self, r: Replica) -> None:
         with self._lock:

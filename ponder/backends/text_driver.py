@@ -47,55 +47,67 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
         base = control.raw_prompt(backend, spec.messages, spec.budget, spec.given_thinking, note,
                                   resume_thinking=spec.resume_thinking)
     m = control.new_machine(spec, cue_tokens=backend.count_tokens, on_event=emit)
-    usage, tools, deadline = Usage(), [], spec.deadline
+    usage, tools = Usage(), []
     room = (0 if spec.given_thinking is not None else spec.budget.max_tokens) + spec.sampling.max_answer_tokens \
         + CONTROL_SLACK
-    # every call of this sample (and every sample of this prompt) goes to the replica its prompt belongs to
-    ranked = backend.replicas.ranked(base[:AFFINITY_CHARS])
-    replica = ranked.pop(0)
-    first = True
-    while m.phase != "done":
-        if spec.cancel.cancelled:
-            m.interrupt("cancelled")
-            break
-        grammar = spec.sampling.grammar if m.phase == "answer" else None
-        n_probs = max(spec.sampling.top_logprobs, 5 if spec.monitor is not None else 0)
-        left = room - m.used - m.answer_tokens
-        if left <= 0:
-            m.interrupt("context")
-            break
-        body = backend.dialect.completion_body(base + m.text, max_tokens=left, sampling=spec.sampling,
-                                               stop=(), n_probs=n_probs, grammar=grammar, stream=True)
-        body.update(priority_fields(backend.priority_mode, spec.sched))
-        backend.replicas.started(replica)
-        try:
-            with span("POST /completions", **{"server.address": replica.url, "ponder.lane": backend.name,
-                                              "ponder.phase": m.phase}):
-                decision, end = await _stream(backend, replica, body, m, spec, deadline)
-        except UpstreamUnreachable:
-            backend.replicas.finished(replica, refused=True)
-            if first and not m.text and ranked:  # nothing generated yet: the next replica takes the sample
-                replica = ranked.pop(0)
-                continue
-            raise
-        except BaseException:
-            backend.replicas.finished(replica, failed=True)
-            raise
-        backend.replicas.finished(replica)
-        if first:
-            usage.prompt_tokens = end.prompt_tokens or backend.count_tokens(base)
-            usage.cached_prompt_tokens = min(end.cached_tokens, usage.prompt_tokens)
-            first = False
-        if decision is None:  # the engine ended the call itself
-            decision = m.end_of_turn() if end.reason in ("stop", "word") else m.interrupt("context")
-        if decision.kind == "tool":
-            decision = await _run_tool(backend, spec, m, decision, tools, usage)
-        if decision.kind == "rewrite" and m.report.stopped == "deadline" and deadline is not None:
-            deadline = Deadline(time.monotonic() + spec.answer_grace_s)  # the answer still gets its grace
-        if decision.kind == "stop":
-            break
+    await _calls(backend, spec, m, base, room, usage, tools)
     finish = "cancelled" if spec.cancel.cancelled and m.finish is None else None
     return control.generation_of(m, usage, clock, finish=finish, tools=tools)
+
+
+async def _calls(backend: Any, spec: SampleSpec, m: Any, base: str, room: int, usage: Usage, tools: list) -> None:
+    """Completion calls until the machine is done: every call of this sample (and every sample of this prompt)
+    on the replica its prompt belongs to, and, where the engine caches prompts per slot, on one slot of it."""
+    ranked = backend.replicas.ranked(base[:AFFINITY_CHARS])
+    replica = ranked.pop(0)
+    slots = backend.slots_per_replica if backend.dialect.pins_slots else 0
+    slot = backend.replicas.pin(replica, slots)
+    first, deadline = True, spec.deadline
+    try:
+        while m.phase != "done":
+            if spec.cancel.cancelled:
+                m.interrupt("cancelled")
+                break
+            grammar = spec.sampling.grammar if m.phase == "answer" else None
+            n_probs = max(spec.sampling.top_logprobs, 5 if spec.monitor is not None else 0)
+            left = room - m.used - m.answer_tokens
+            if left <= 0:
+                m.interrupt("context")
+                break
+            body = backend.dialect.completion_body(base + m.text, max_tokens=left, sampling=spec.sampling,
+                                                   stop=(), n_probs=n_probs, grammar=grammar, stream=True, slot=slot)
+            body.update(priority_fields(backend.priority_mode, spec.sched))
+            backend.replicas.started(replica)
+            try:
+                with span("POST /completions", **{"server.address": replica.url, "ponder.lane": backend.name,
+                                                  "ponder.phase": m.phase}):
+                    decision, end = await _stream(backend, replica, body, m, spec, deadline)
+            except UpstreamUnreachable:
+                backend.replicas.finished(replica, refused=True)
+                if first and not m.text and ranked:  # nothing generated yet: the next replica takes the sample
+                    backend.replicas.unpin(replica, slot)
+                    replica = ranked.pop(0)
+                    slot = backend.replicas.pin(replica, slots)
+                    continue
+                raise
+            except BaseException:
+                backend.replicas.finished(replica, failed=True)
+                raise
+            backend.replicas.finished(replica)
+            if first:
+                usage.prompt_tokens = end.prompt_tokens or backend.count_tokens(base)
+                usage.cached_prompt_tokens = min(end.cached_tokens, usage.prompt_tokens)
+                first = False
+            if decision is None:  # the engine ended the call itself
+                decision = m.end_of_turn() if end.reason in ("stop", "word") else m.interrupt("context")
+            if decision.kind == "tool":
+                decision = await _run_tool(backend, spec, m, decision, tools, usage)
+            if decision.kind == "rewrite" and m.report.stopped == "deadline" and deadline is not None:
+                deadline = Deadline(time.monotonic() + spec.answer_grace_s)  # the answer still gets its grace
+            if decision.kind == "stop":
+                break
+    finally:
+        backend.replicas.unpin(replica, slot)
 
 
 async def _run_tool(backend: Any, spec: SampleSpec, m: Any, d: Decision, tools: list, usage: Usage) -> Decision:

@@ -61,6 +61,8 @@ class TextEngineBackend(OpenAICompatBackend):
                                 native_reasoning=get_format(reasoning_format).detect(template), logprobs=True,
                                 context_length=int(gen.get("n_ctx") or props.get("n_ctx") or 0), grammar=True,
                                 reasoning_format=reasoning_format)
+        #: the engine's slots per replica (llama-server's ``total_slots``): each sample's calls are pinned to one
+        self.slots_per_replica = int(props.get("total_slots") or 0)
         #: exact token counts of the few texts ponder injects (measured at start-up with the engine's tokenizer)
         self.known_counts: dict[str, int] = dict(props.get("_counts") or {})
 
