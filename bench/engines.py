@@ -85,7 +85,9 @@ async def capped(servers, chat: bool) -> tuple[int, float, int]:
     g = await b.sample(spec)
     seconds = time.perf_counter() - t0
     await b.aclose()
-    return prefilled(servers) - before, seconds, g.usage.thinking_tokens
+    # beyond the first call's own prefill of the prompt (what was not already in the slot)
+    first = 0 if chat else g.usage.prompt_tokens - g.usage.cached_prompt_tokens
+    return prefilled(servers) - before - first, seconds, g.usage.thinking_tokens
 
 
 async def overhead(servers, rounds: int) -> list[float]:
@@ -108,17 +110,24 @@ async def overhead(servers, rounds: int) -> list[float]:
     return diffs
 
 
-async def slot_floor(server, tag: str) -> float:
+async def slot_floor(server, tag: str) -> tuple[float, float]:
     """The engine alone, no ponder: 8 concurrent identical completions on one replica of 4 slots, after one
-    warm-up call of the same prompt.  Prefilled tokens over one prompt: llama-server's floor for n=8."""
-    prompt = f"<|im_start|>system\n{SYSTEM} ({tag})<|im_end|>\n<|im_start|>user\nWhat is 17*23?<|im_end|>\n" \
+    warm-up call of the same prompt.  Prefilled tokens over one prompt: llama-server's floor for n=8 as 8 calls;
+    then one call of 4 ``n_cmpl`` children of a new prompt (what ponder's group calls use)."""
+    prompt = f"<|im_start|>system\n[{tag}] {SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 17*23?<|im_end|>\n" \
              "<|im_start|>assistant\n"
     before = prefilled([server])
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as c:
         one = (await c.post("/completion", json={"prompt": prompt, "n_predict": 1, "cache_prompt": True})).json()
         await asyncio.gather(*(c.post("/completion", json={"prompt": prompt, "n_predict": 8, "cache_prompt": True,
                                                            "seed": i, "temperature": 0.8}) for i in range(8)))
-    return (prefilled([server]) - before) / max(1, int(one.get("tokens_evaluated") or 1))
+    floor = (prefilled([server]) - before) / max(1, int(one.get("tokens_evaluated") or 1))
+    before = prefilled([server])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=120) as c:
+        fresh = prompt.replace(f"[{tag}]", f"[{tag} children]")  # a start no slot has seen
+        await c.post("/completion", json={"prompt": fresh, "n_predict": 8, "cache_prompt": True, "n_cmpl": 4,
+                                          "temperature": 0.8, "seed": 1})
+    return floor, (prefilled([server]) - before) / max(1, int(one.get("tokens_evaluated") or 1))
 
 
 async def main(rounds: int) -> None:
@@ -136,12 +145,10 @@ async def main(rounds: int) -> None:
             print(f"1. self-consistency n=8, prompt of {prompt:.0f} tokens, {rounds} rounds: prefilled "
                   f"{a:.0f} tokens with affinity ({a / prompt:.2f}x one prompt), {r:.0f} round robin "
                   f"({r / prompt:.2f}x); target <= 1.2x with affinity: {'met' if a / prompt <= 1.2 else 'NOT met'}")
-            floor = await slot_floor(servers[0], "floor")
-            print(f"   llama-server's own floor: 8 identical completions on 4 slots after a warm-up call prefilled "
-                  f"{floor:.2f}x one prompt (each slot prefills it once: its prompt cache is per slot)")
             cont = await capped(servers, chat=False)
             chat = await capped(servers, chat=True)
-            print(f"2. capped at 64 thinking tokens: continuation prefilled {cont[0]} tokens in {cont[1]:.2f} s "
+            print(f"2. capped at 64 thinking tokens: beyond the prompt, the continuation prefilled {cont[0]} tokens "
+                  f"in {cont[1]:.2f} s "
                   f"(thinking {cont[2]}); the chat path prefilled {chat[0]} tokens in {chat[1]:.2f} s "
                   f"(thinking {chat[2]})")
             if chat[2] < 64:
@@ -150,6 +157,11 @@ async def main(rounds: int) -> None:
             d = await overhead(servers, max(5, rounds * 4))
             print(f"3. protocol overhead per 32-token request: p50 {statistics.median(d) * 1000:+.1f} ms, "
                   f"max {max(d) * 1000:+.1f} ms over {len(d)} paired requests")
+            floor, children = await slot_floor(servers[0], "floor")
+            print(f"4. the floor for 1., llama-server alone: 8 identical completions on 4 slots after a warm-up call prefilled "
+                  f"{floor:.2f}x one prompt (each slot prefills it once: its prompt cache is per slot); one call "
+                  f"with n_cmpl=4 children {children:.2f}x (their slots then forget the prompt: a child's "
+                  f"continuation prefills it again)")
         finally:
             for s in servers:
                 s.stop()

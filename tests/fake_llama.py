@@ -20,11 +20,13 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 
 class FakeLlamaServer:
-    def __init__(self, reply, flavor: str = "llama-server", slots: int = 0) -> None:
+    def __init__(self, reply, flavor: str = "llama-server", slots: int = 0, n_cmpl: bool = False) -> None:
         self.reply, self.prompts, self.bodies, self.flavor = reply, [], [], flavor
         #: what ``GET /health`` answers (503: loading, as llama-server says while it loads its model)
         self.health = 200
         self.slots = slots
+        #: serve ``n_cmpl`` children in one stream (newer llama-server); False: ignore it, as older ones do
+        self.n_cmpl = n_cmpl
         self.port = free_port()
         fake = self
 
@@ -73,16 +75,20 @@ class FakeLlamaServer:
                 fake.bodies.append(body)
                 if fake.flavor != "llama-server":
                     return self._openai(body)
+                n = int(body.get("n_cmpl") or 1) if fake.n_cmpl else 1
                 text = fake.reply(body["prompt"])[: body.get("n_predict", 10 ** 6)]
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 try:
-                    for ch in text:
-                        self._chunk({"content": ch, "tokens": [1], "stop": False})
-                    self._chunk({"content": "", "stop": True, "stop_type": "eos", "tokens_evaluated": 10,
-                                 "tokens_predicted": len(text), "timings": {"cache_n": 0}})
+                    for ch in text:  # children interleaved, told apart by index (as n_cmpl streams them)
+                        for i in range(n):
+                            self._chunk({"index": i, "content": ch, "tokens": [1], "stop": False})
+                    for i in range(n):
+                        self._chunk({"index": i, "content": "", "stop": True, "stop_type": "eos",
+                                     "tokens_evaluated": 10, "tokens_predicted": len(text), "id_slot": i,
+                                     "timings": {"cache_n": 0}})
                     self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # ponder closed the stream: its machine decided

@@ -77,3 +77,43 @@ def test_each_samples_calls_are_pinned_to_one_slot_and_samples_spread_over_the_s
     for prompts in by_slot.values():                               # the capped call, then its continuation
         assert len(prompts) == 2 and prompts[1].startswith(prompts[0])
     assert all(r.slot_load == [0, 0] for r in backend.replicas.replicas)  # every pin released
+
+
+def _group_run(n_cmpl: bool):
+    from fake_llama import FakeLlamaServer
+
+    from ponder.backends.probe import text_engine_or_none
+    from ponder.config import LaneConfig
+
+    def reply(prompt: str) -> str:
+        return "6" if "</think>" in prompt.rsplit("assistant", 1)[-1] else "three and three make six, surely. " * 3
+
+    fake = FakeLlamaServer(reply, slots=4, n_cmpl=n_cmpl)
+    backend = text_engine_or_none(LaneConfig(name="one", backend="openai", base_url=fake.url,
+                                             health_interval_s=0))
+    spec = SampleSpec((Message("user", "3 + 3?"),), ThinkingBudget(20), Sampling(seed=1, max_answer_tokens=4))
+    try:
+        gens = asyncio.run(backend.sample_many(spec, 6))
+    finally:
+        asyncio.run(backend.aclose())
+        fake.close()
+    return fake, gens
+
+
+def test_samples_of_one_prompt_share_one_prefill_per_group_of_slots():
+    """llama-server's n_cmpl: 6 samples on 4 slots are two calls that each prefill the prompt once (4 + 2
+    children); every sample still thinks exactly its cap and continues its own text alone."""
+    fake, gens = _group_run(True)
+    groups = [b for b in fake.bodies if b.get("n_cmpl")]
+    assert sorted(b["n_cmpl"] for b in groups) == [2, 4]
+    assert len({b["seed"] for b in groups}) == 2                  # each group its own seed: children differ
+    assert all(g.usage.thinking_tokens == 20 and g.answer == "6" for g in gens)
+    base = groups[0]["prompt"]
+    rest = [b["prompt"] for b in fake.bodies if not b.get("n_cmpl")]
+    assert len(rest) == 6 and all(p.startswith(base) and "</think>" in p[len(base):] for p in rest)
+
+
+def test_an_engine_without_n_cmpl_still_gives_every_sample():
+    """An older llama-server ignores n_cmpl and streams one completion: the other samples run on their own."""
+    fake, gens = _group_run(False)
+    assert len(gens) == 6 and all(g.usage.thinking_tokens == 20 and g.answer == "6" for g in gens)

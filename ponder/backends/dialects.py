@@ -53,6 +53,8 @@ class LlamaServerDialect:
     pins_slots = True
     #: next-token alternatives come back with token ids
     scores_by_id = True
+    #: one call prefills a prompt once for several samples (``n_cmpl`` children: ponder.backends.text_group)
+    groups = True
 
     def completion_body(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str],
                         n_probs: int, grammar: str | None, stream: bool, slot: int | None = None) -> dict:

@@ -38,6 +38,17 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
         if on_event is not None:
             on_event(e)
 
+    base, room = prompt_and_room(backend, spec)
+    m = control.new_machine(spec, cue_tokens=backend.count_tokens, on_event=emit)
+    usage, tools = Usage(), []
+    await calls(backend, spec, m, base, room, usage, tools)
+    finish = "cancelled" if spec.cancel.cancelled and m.finish is None else None
+    return control.generation_of(m, usage, clock, finish=finish, tools=tools)
+
+
+def prompt_and_room(backend: Any, spec: SampleSpec) -> tuple[str, int]:
+    """The sample's rendered prompt (the one prepared with the request when it serves) and the most tokens its
+    continuation may take (thinking cap + answer + cues)."""
     note = spec.tools_note()
     p = spec.prompt
     if spec.given_thinking is None and spec.resume_thinking is None and p is not None and \
@@ -46,23 +57,21 @@ async def drive(backend: Any, spec: SampleSpec, on_event: Callable[[Event], None
     else:
         base = control.raw_prompt(backend, spec.messages, spec.budget, spec.given_thinking, note,
                                   resume_thinking=spec.resume_thinking)
-    m = control.new_machine(spec, cue_tokens=backend.count_tokens, on_event=emit)
-    usage, tools = Usage(), []
     room = (0 if spec.given_thinking is not None else spec.budget.max_tokens) + spec.sampling.max_answer_tokens \
         + CONTROL_SLACK
-    await _calls(backend, spec, m, base, room, usage, tools)
-    finish = "cancelled" if spec.cancel.cancelled and m.finish is None else None
-    return control.generation_of(m, usage, clock, finish=finish, tools=tools)
+    return base, room
 
 
-async def _calls(backend: Any, spec: SampleSpec, m: Any, base: str, room: int, usage: Usage, tools: list) -> None:
+async def calls(backend: Any, spec: SampleSpec, m: Any, base: str, room: int, usage: Usage, tools: list, *,
+                 first: bool = True, deadline: Deadline | None = None) -> None:
     """Completion calls until the machine is done: every call of this sample (and every sample of this prompt)
-    on the replica its prompt belongs to, and, where the engine caches prompts per slot, on one slot of it."""
+    on the replica its prompt belongs to, and, where the engine caches prompts per slot, on one slot of it.
+    ``first``: the sample's first call is still to come (its prompt counts are the sample's)."""
     ranked = backend.replicas.ranked(base[:AFFINITY_CHARS])
     replica = ranked.pop(0)
     slots = backend.slots_per_replica if backend.dialect.pins_slots else 0
     slot = backend.replicas.pin(replica, slots)
-    first, deadline = True, spec.deadline
+    deadline = deadline if deadline is not None else spec.deadline
     try:
         while m.phase != "done":
             if spec.cancel.cancelled:
@@ -98,16 +107,24 @@ async def _calls(backend: Any, spec: SampleSpec, m: Any, base: str, room: int, u
                 usage.prompt_tokens = end.prompt_tokens or backend.count_tokens(base)
                 usage.cached_prompt_tokens = min(end.cached_tokens, usage.prompt_tokens)
                 first = False
-            if decision is None:  # the engine ended the call itself
-                decision = m.end_of_turn() if end.reason in ("stop", "word") else m.interrupt("context")
-            if decision.kind == "tool":
-                decision = await _run_tool(backend, spec, m, decision, tools, usage)
-            if decision.kind == "rewrite" and m.report.stopped == "deadline" and deadline is not None:
-                deadline = Deadline(time.monotonic() + spec.answer_grace_s)  # the answer still gets its grace
+            decision, deadline = await settle(backend, spec, m, decision, end, tools, usage, deadline)
             if decision.kind == "stop":
                 break
     finally:
         backend.replicas.unpin(replica, slot)
+
+
+async def settle(backend: Any, spec: SampleSpec, m: Any, decision: Decision | None, end: CallEnd, tools: list,
+                 usage: Usage, deadline: Deadline | None) -> tuple[Decision, Deadline | None]:
+    """What the end of one call means for the sample: the machine's decision (the engine's own ending read as
+    end of turn or context), a tool run, and the deadline the next call has."""
+    if decision is None:  # the engine ended the call itself
+        decision = m.end_of_turn() if end.reason in ("stop", "word") else m.interrupt("context")
+    if decision.kind == "tool":
+        decision = await _run_tool(backend, spec, m, decision, tools, usage)
+    if decision.kind == "rewrite" and m.report.stopped == "deadline" and deadline is not None:
+        deadline = Deadline(time.monotonic() + spec.answer_grace_s)  # the answer still gets its grace
+    return decision, deadline
 
 
 async def _run_tool(backend: Any, spec: SampleSpec, m: Any, d: Decision, tools: list, usage: Usage) -> Decision:

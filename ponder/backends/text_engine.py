@@ -24,12 +24,13 @@ import logging
 from typing import Callable, Sequence
 
 from ponder.telemetry import span
-from ponder.backends.base import BackendInfo, Completion, Prompt, SampleSpec, prompt_key
+from ponder.backends.base import BackendInfo, Completion, EventSink, Prompt, SampleSpec, prompt_key
 from ponder.backends.dialects import DIALECTS
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.backends.openai_compat import OpenAICompatBackend, approx_tokens
 from ponder.backends.replicas import AFFINITY_CHARS, Replica, Replicas
 from ponder.backends.text_driver import drive
+from ponder.backends.text_group import drive_group, groupable
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
 from ponder.thinking import control
 from ponder.thinking.formats import get_format
@@ -80,6 +81,14 @@ class TextEngineBackend(OpenAICompatBackend):
     # -- one sample: the machine over streamed completions -----------------------------------
     async def sample(self, spec: SampleSpec, *, on_event: Callable[[Event], None] | None = None) -> Generation:
         return await drive(self, spec, on_event)
+
+    async def sample_many(self, spec: SampleSpec, n: int, *, start: int = 0,
+                          on_event: EventSink | None = None) -> list[Generation]:
+        """``n`` samples; on an engine that prefills one prompt for several (llama-server's ``n_cmpl``), in
+        groups of its slots (:mod:`ponder.backends.text_group`), else one call each."""
+        if groupable(self, spec, n):
+            return await drive_group(self, spec, n, start, on_event)
+        return await super().sample_many(spec, n, start=start, on_event=on_event)
 
     # -- raw continuations and judges ------------------------------------------------------------
     async def complete(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str] = (),

@@ -1,0 +1,166 @@
+"""N samples of one prompt on llama-server, prefilled once: one call with ``n_cmpl`` children per group of slots.
+
+llama-server caches prompts per slot, so N samples sent as N calls prefill
+the prompt once in every slot they land in (measured: 3.98x one prompt for 8
+samples on 4 slots).  A call with ``n_cmpl: k`` prefills the prompt once and
+copies its KV to ``k - 1`` child slots; the children's tokens arrive in one
+stream, told apart by ``index``.  Each sample keeps its own thinking machine:
+
+* the group call runs up to the thinking cap (``n_predict``), so a sample
+  that thinks to its cap ends there by itself, exactly at the cap;
+* a sample whose machine decides something (close, ``Wait,``, a deadline)
+  leaves the group: the rest of its child's tokens are ignored (at most up
+  to the cap), and it continues alone with :func:`ponder.backends.text_driver.calls`
+  — the same path as a single sample, pinned to a slot;
+* a sample whose child ended by itself before its machine was done
+  (end of turn, the call's limit) continues alone the same way.
+
+Used only where it changes nothing a sample sees: no tools (a tool call pauses
+one text) and no per-token monitor (confidence strategies stop a trace by
+closing its stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from ponder.backends.base import SampleSpec
+from ponder.backends.dialects import CallEnd, priority_fields
+from ponder.backends.http import ConnectFailed
+from ponder.backends.replicas import AFFINITY_CHARS
+from ponder.backends.text_driver import calls, prompt_and_room, settle
+from ponder.errors import UpstreamTimeout, UpstreamUnreachable
+from ponder.thinking import control
+from ponder.types import Generation, Usage
+
+
+def groupable(backend: Any, spec: SampleSpec, n: int) -> bool:
+    """Can ``n`` samples of ``spec`` share one prefill on this engine?"""
+    return (n > 1 and getattr(backend.dialect, "groups", False) and backend.slots_per_replica > 1
+            and spec.tools is None and spec.monitor is None and spec.budget.max_tokens > 0
+            and spec.given_thinking is None)
+
+
+class _Member:
+    """One sample of a group: its spec, machine, clock and what its part of the group call left it with."""
+
+    def __init__(self, backend: Any, spec: SampleSpec, index: int, on_event) -> None:
+        self.spec, self.index = spec, index
+        self.clock = control.Clock()
+        self.usage, self.tools = Usage(), []
+        self.decision = None
+        self.end: CallEnd | None = None
+
+        def emit(e) -> None:
+            self.clock.saw(e)
+            if on_event is not None:
+                on_event(index, e)
+
+        self.m = control.new_machine(spec, cue_tokens=backend.count_tokens, on_event=emit)
+
+    @property
+    def open(self) -> bool:
+        """Still reading its child's tokens from the group stream."""
+        return self.decision is None and self.end is None
+
+
+async def drive_group(backend: Any, spec: SampleSpec, n: int, start: int, on_event) -> list[Generation]:
+    """``n`` samples (seeds ``start + i``; events labelled ``i``) of ``spec``, prefilled once per group."""
+    base, room = prompt_and_room(backend, spec)
+    members = [_Member(backend, spec.seeded(start + i), i, on_event) for i in range(n)]
+    k = backend.slots_per_replica
+    groups = [members[i:i + k] for i in range(0, n, k)]
+    await asyncio.gather(*(_group_call(backend, base, room, g) for g in groups))
+
+    async def finish(mb: _Member) -> Generation:
+        first = mb.end is None or not mb.end.prompt_tokens
+        if not first:
+            mb.usage.prompt_tokens = mb.end.prompt_tokens
+            mb.usage.cached_prompt_tokens = min(mb.end.cached_tokens, mb.end.prompt_tokens)
+        if mb.m.phase != "done":
+            decision, deadline = mb.decision, mb.spec.deadline
+            if decision is not None or (mb.end is not None and mb.end.reason != "length"):
+                decision, deadline = await settle(backend, mb.spec, mb.m, decision, mb.end or CallEnd(), mb.tools,
+                                                  mb.usage, deadline)
+            # else the group call's own limit (or a stream without this child's end): the sample simply goes on
+            if mb.m.phase != "done" and (decision is None or decision.kind != "stop"):
+                await calls(backend, mb.spec, mb.m, base, room, mb.usage, mb.tools, first=first, deadline=deadline)
+        if first and not mb.usage.prompt_tokens:
+            mb.usage.prompt_tokens = backend.count_tokens(base)
+        cancelled = mb.spec.cancel.cancelled and mb.m.finish is None
+        return control.generation_of(mb.m, mb.usage, mb.clock, finish="cancelled" if cancelled else None,
+                                     tools=mb.tools)
+
+    return list(await asyncio.gather(*(finish(mb) for mb in members)))
+
+
+async def _group_call(backend: Any, base: str, room: int, group: list[_Member]) -> None:
+    """One ``n_cmpl`` call for ``group`` (or a plain call for a group of one), failing over before any byte."""
+    lead = group[0].spec
+    body = backend.dialect.completion_body(base, max_tokens=room, sampling=lead.sampling,
+                                           stop=(), n_probs=lead.sampling.top_logprobs, grammar=None, stream=True)
+    body["n_cmpl"] = len(group)
+    body.update(priority_fields(backend.priority_mode, lead.sched))
+    ranked = backend.replicas.ranked(base[:AFFINITY_CHARS])
+    for i, replica in enumerate(ranked):
+        backend.replicas.started(replica)
+        try:
+            await _read_group(backend, replica, body, group)
+        except UpstreamUnreachable:
+            backend.replicas.finished(replica, refused=True)
+            if i + 1 < len(ranked):
+                continue
+            raise
+        except BaseException:
+            backend.replicas.finished(replica, failed=True)
+            raise
+        backend.replicas.finished(replica)
+        return
+    raise UpstreamUnreachable(f"no replica of lane {backend.name!r} is reachable")  # pragma: no cover
+
+
+async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Member]) -> None:
+    """Feed each child's tokens to its sample's machine until every sample has left the group or ended."""
+    spec = group[0].spec
+    try:
+        async with asyncio.timeout(backend.timeout_s):
+            resp = await backend.root_pool(replica).post_json(backend.dialect.path, body)
+            async with resp:
+                if resp.status >= 400:
+                    raise await backend._http_error(resp)
+                async for line in resp.iter_lines():
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                        continue
+                    obj = json.loads(line[5:].strip())
+                    idx = int(obj.get("index") or 0)
+                    if idx >= len(group):
+                        continue
+                    mb = group[idx]
+                    piece, last = backend.dialect.read(obj)
+                    if piece is not None and mb.open:
+                        d = mb.m.feed(piece.text, piece.tokens, piece.logprob)
+                        if d.kind != "continue":
+                            mb.decision = d
+                    if last is not None:
+                        mb.end = last
+                    _interrupts(group, spec)
+                    if not any(x.open for x in group):
+                        return  # leaving the block closes the stream: children still running are stopped
+    except TimeoutError:
+        raise UpstreamTimeout(f"the upstream of lane {backend.name!r} did not finish within "
+                              f"{backend.timeout_s:g}s") from None
+    except ConnectFailed:
+        raise UpstreamUnreachable(f"the upstream of lane {backend.name!r} is unreachable") from None
+
+
+def _interrupts(group: list[_Member], spec: SampleSpec) -> None:
+    """Cancellation and deadlines reach every sample still reading the group stream."""
+    for mb in group:
+        if not mb.open:
+            continue
+        if mb.spec.cancel.cancelled:
+            mb.decision = mb.m.interrupt("cancelled")
+        elif mb.spec.deadline is not None and mb.spec.deadline.passed:
+            mb.decision = mb.m.interrupt("deadline")
