@@ -26,7 +26,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from typing import Any, Awaitable, Callable
+
 import httpx
+
+from ponder.errors import UpstreamUnreachable
 
 log = logging.getLogger("ponder.upstream")
 
@@ -136,6 +140,25 @@ class Replicas:
                 r.ejected_until = time.monotonic() + self.eject_s
                 r.ejections += 1
                 r.failures_in_row = 0
+
+    async def call(self, ranked: list[Replica], fn: Callable[[Replica], Awaitable[Any]]) -> Any:
+        """``fn(replica)`` on the first of ``ranked`` that can be reached: a replica that refuses the connection
+        (nothing was sent back) is ejected and the next one tried; any other failure is the call's."""
+        for i, replica in enumerate(ranked):
+            self.started(replica)
+            try:
+                out = await fn(replica)
+            except UpstreamUnreachable:
+                self.finished(replica, refused=True)
+                if i + 1 < len(ranked):
+                    continue
+                raise
+            except BaseException:
+                self.finished(replica, failed=True)
+                raise
+            self.finished(replica)
+            return out
+        raise UpstreamUnreachable("no replica is reachable")
 
     def state(self) -> list[dict]:
         return [r.to_dict() for r in self.replicas]

@@ -118,22 +118,12 @@ class TextEngineBackend(OpenAICompatBackend):
     async def post(self, path: str, body: dict, cancel: CancelToken | None) -> dict:
         """One non-streamed call to a native endpoint, on the replica its prompt belongs to (failing over)."""
         ranked = self.replicas.ranked(str(body.get("prompt") or body.get("content") or "")[:AFFINITY_CHARS])
-        for i, replica in enumerate(ranked):
-            self.replicas.started(replica)
-            try:
-                with span(f"POST {path}", **{"server.address": replica.url, "ponder.lane": self.name}):
-                    out = await self._post_to(replica, path, body)
-            except UpstreamUnreachable:
-                self.replicas.finished(replica, refused=True)
-                if i + 1 < len(ranked):
-                    continue  # nothing was sent back: the next replica takes it
-                raise
-            except BaseException:
-                self.replicas.finished(replica, failed=True)
-                raise
-            self.replicas.finished(replica)
-            return out
-        raise UpstreamUnreachable(f"no replica of lane {self.name!r} is reachable")  # pragma: no cover
+
+        async def on(replica: Replica) -> dict:
+            with span(f"POST {path}", **{"server.address": replica.url, "ponder.lane": self.name}):
+                return await self._post_to(replica, path, body)
+
+        return await self.replicas.call(ranked, on)
 
     async def _post_to(self, replica: Replica, path: str, body: dict) -> dict:
         try:

@@ -104,21 +104,7 @@ async def _group_call(backend: Any, base: str, room: int, group: list[_Member]) 
     body["n_cmpl"] = len(group)
     body.update(priority_fields(backend.priority_mode, lead.sched))
     ranked = backend.replicas.ranked(base[:AFFINITY_CHARS])
-    for i, replica in enumerate(ranked):
-        backend.replicas.started(replica)
-        try:
-            await _read_group(backend, replica, body, group)
-        except UpstreamUnreachable:
-            backend.replicas.finished(replica, refused=True)
-            if i + 1 < len(ranked):
-                continue
-            raise
-        except BaseException:
-            backend.replicas.finished(replica, failed=True)
-            raise
-        backend.replicas.finished(replica)
-        return
-    raise UpstreamUnreachable(f"no replica of lane {backend.name!r} is reachable")  # pragma: no cover
+    await backend.replicas.call(ranked, lambda replica: _read_group(backend, replica, body, group))
 
 
 async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Member]) -> None:
