@@ -87,8 +87,8 @@ class FakeLlamaServer:
                             self._chunk({"index": i, "content": ch, "tokens": [1], "stop": False})
                     for i in range(n):
                         self._chunk({"index": i, "content": "", "stop": True, "stop_type": "eos",
-                                     "tokens_evaluated": 10, "tokens_predicted": len(text), "id_slot": i,
-                                     "timings": {"cache_n": 0}})
+                                     "tokens_evaluated": max(1, len(body["prompt"]) // 4),
+                                     "tokens_predicted": len(text), "id_slot": i, "timings": {"cache_n": 0}})
                     self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # ponder closed the stream: its machine decided

@@ -79,14 +79,14 @@ def test_each_samples_calls_are_pinned_to_one_slot_and_samples_spread_over_the_s
     assert all(r.slot_load == [0, 0] for r in backend.replicas.replicas)  # every pin released
 
 
-def _group_run(n_cmpl: bool):
+def _group_run(n_cmpl: bool, thought: str = "three and three make six, surely. " * 3):
     from fake_llama import FakeLlamaServer
 
     from ponder.backends.probe import text_engine_or_none
     from ponder.config import LaneConfig
 
     def reply(prompt: str) -> str:
-        return "6" if "</think>" in prompt.rsplit("assistant", 1)[-1] else "three and three make six, surely. " * 3
+        return "6" if "</think>" in prompt.rsplit("assistant", 1)[-1] else thought
 
     fake = FakeLlamaServer(reply, slots=4, n_cmpl=n_cmpl)
     backend = text_engine_or_none(LaneConfig(name="one", backend="openai", base_url=fake.url,
@@ -111,6 +111,16 @@ def test_samples_of_one_prompt_share_one_prefill_per_group_of_slots():
     base = groups[0]["prompt"]
     rest = [b["prompt"] for b in fake.bodies if not b.get("n_cmpl")]
     assert len(rest) == 6 and all(p.startswith(base) and "</think>" in p[len(base):] for p in rest)
+
+
+def test_a_group_samples_prompt_count_is_the_engines_count_of_the_prompt():
+    """Thinking that ends by itself (12 of 20 tokens): every child's end is read, its prompt count is the engine's
+    count of the prompt (the stand-in: 4 characters a token), not of its continuation, which still follows."""
+    fake, gens = _group_run(True, thought="six, surely.")
+    base = next(b["prompt"] for b in fake.bodies if b.get("n_cmpl"))
+    assert {g.usage.prompt_tokens for g in gens} == {len(base) // 4}
+    assert all(g.usage.thinking_tokens == 12 and g.answer == "6" for g in gens)
+    assert len([b for b in fake.bodies if not b.get("n_cmpl")]) == 6  # each continued alone after its close
 
 
 def test_an_engine_without_n_cmpl_still_gives_every_sample():

@@ -74,11 +74,15 @@ async def drive_group(backend: Any, spec: SampleSpec, n: int, start: int, on_eve
     groups = [members[i:i + k] for i in range(0, n, k)]
     await asyncio.gather(*(_group_call(backend, base, room, g) for g in groups))
 
+    # every member read the same prompt: a member whose end the stream did not reach takes another's count
+    known = next((mb.end.prompt_tokens for mb in members if mb.end is not None and mb.end.prompt_tokens), 0)
+
     async def finish(mb: _Member) -> Generation:
-        first = mb.end is None or not mb.end.prompt_tokens
-        if not first:
+        if mb.end is not None and mb.end.prompt_tokens:
             mb.usage.prompt_tokens = mb.end.prompt_tokens
             mb.usage.cached_prompt_tokens = min(mb.end.cached_tokens, mb.end.prompt_tokens)
+        else:
+            mb.usage.prompt_tokens = known or backend.count_tokens(base)
         if mb.m.phase != "done":
             decision, deadline = mb.decision, mb.spec.deadline
             if decision is not None or (mb.end is not None and mb.end.reason != "length"):
@@ -86,9 +90,8 @@ async def drive_group(backend: Any, spec: SampleSpec, n: int, start: int, on_eve
                                                   mb.usage, deadline)
             # else the group call's own limit (or a stream without this child's end): the sample simply goes on
             if mb.m.phase != "done" and (decision is None or decision.kind != "stop"):
-                await calls(backend, mb.spec, mb.m, base, room, mb.usage, mb.tools, first=first, deadline=deadline)
-        if first and not mb.usage.prompt_tokens:
-            mb.usage.prompt_tokens = backend.count_tokens(base)
+                # its continuation's prompt is this prompt plus its own text: not the sample's prompt count
+                await calls(backend, mb.spec, mb.m, base, room, mb.usage, mb.tools, first=False, deadline=deadline)
         cancelled = mb.spec.cancel.cancelled and mb.m.finish is None
         return control.generation_of(mb.m, mb.usage, mb.clock, finish="cancelled" if cancelled else None,
                                      tools=mb.tools)
