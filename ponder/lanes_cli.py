@@ -33,6 +33,7 @@ def lanes_cmd(config_path: str | None, as_json: bool) -> None:
             rows.append({"lane": lane.name, "backend": lane.backend,
                          "model": lane.model or lane.upstream_model or "(default)",
                          "engine": type(backend).__name__ if backend is not None else "(built on first use)",
+                         "dialect": getattr(getattr(backend, "dialect", None), "name", None),
                          "capabilities": sorted(capabilities(lane)),
                          "replicas": replicas.state() if replicas is not None else None,
                          "labels": list(kind_of(lane).labels(lane))})
@@ -43,7 +44,8 @@ def lanes_cmd(config_path: str | None, as_json: bool) -> None:
         return
     for r in rows:
         click.secho(r["lane"], bold=True, nl=False)
-        click.echo(f"  {r['backend']} · {r['model']} · {r['engine']}")
+        click.echo(f"  {r['backend']} · {r['model']} · {r['engine']}"
+                   + (f" ({r['dialect']} raw completions)" if r["dialect"] else ""))
         click.echo(f"    capabilities: {', '.join(r['capabilities']) or '(chat only)'}")
         for rep in r["replicas"] or ():
             click.echo(f"    replica {rep['url']}: {rep['calls']} calls, {rep['errors']} errors"

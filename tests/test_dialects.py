@@ -149,3 +149,26 @@ def test_judges_score_next_tokens_by_text_on_openai_engines(template):
         fake.close()
     assert scores == {"Y": -0.1, "N": float("-inf")}
     assert fake.bodies[-1]["max_tokens"] == 1 and fake.bodies[-1]["logprobs"] == 20
+
+
+def test_ponder_lanes_names_the_engine_it_found(template, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    from fake_llama import FakeLlamaServer
+
+    fake = FakeLlamaServer(_reply, flavor="sglang")
+    try:
+        cfg = tmp_path / "ponder.yaml"
+        cfg.write_text(yaml.safe_dump({"lanes": [
+            {"name": "sg", "backend": "openai", "base_url": fake.url, "chat_template": template},
+            {"name": "plain", "backend": "openai", "base_url": fake.url}]}))
+        p = subprocess.run([sys.executable, "-m", "ponder.cli", "lanes", "--config", str(cfg), "--json"],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        fake.close()
+    assert p.returncode == 0, p.stderr
+    rows = {r["lane"]: r for r in json.loads(p.stdout)}
+    assert rows["sg"]["dialect"] == "sglang" and "text_completion" in rows["sg"]["capabilities"]
+    assert rows["plain"]["dialect"] is None and "text_completion" not in rows["plain"]["capabilities"]

@@ -86,7 +86,11 @@ def model_card(lane, gw: Gateway) -> dict:
 
     card = {"backend": lane.backend, "model": lane.model or lane.upstream_model, "effort": lane.effort,
             "strategy": lane.strategy, "capabilities": sorted(capabilities(lane))}
-    replicas = getattr(gw.service.cached_backend(lane), "replicas", None)
+    backend = gw.service.cached_backend(lane)
+    dialect = getattr(getattr(backend, "dialect", None), "name", None)
+    if dialect is not None:
+        card["engine"] = dialect  # the engine family whose raw completions ponder drives
+    replicas = getattr(backend, "replicas", None)
     if replicas is not None:
         card["replicas"] = replicas.state()
     return {"id": lane.name, "object": "model", "created": 0, "owned_by": "ponder", "ponder": card}
