@@ -243,3 +243,32 @@ def test_a_key_over_its_share_gives_a_place_back_to_another_key_at_once():
     assert quick.timings.queue_s < 0.25 * first_bulk, (quick.timings, first_bulk)
     assert 0.3 + quick.timings.total_s < first_bulk
     assert all(g.usage.thinking_tokens == 200 for g in samples)
+
+
+@pytest.mark.model
+def test_a_paused_request_reports_how_long_it_was_paused():
+    """Through the service (what every API answers with): a batch request paused for an interactive one reports
+    its pause in timings.preempted_s; the interactive one reports none."""
+    from ponder.service import Ponder
+
+    svc = Ponder(config_from_dict({"ledger": {"url": "off"}, "thinking": {"loop_guard": {"enabled": False}},
+                                   "lanes": [{"name": "default", "max_sequences": 1, "n_ctx": 1024}]}))
+
+    async def go():
+        async def one(delay: float, **kw):
+            await asyncio.sleep(delay)
+            plan = await svc.prepare(PonderRequest(Q, seed=1, **kw).validate())
+            return await svc.run(plan).execute()
+
+        try:
+            return await asyncio.gather(one(0.0, priority="batch", max_thinking_tokens=160, min_thinking_tokens=160,
+                                            max_answer_tokens=4),
+                                        one(0.5, effort="none", max_answer_tokens=6))
+        finally:
+            await svc.aclose()
+
+    long, short = asyncio.run(go())
+    assert long.status == 200 and short.status == 200
+    assert short.timings.preempted_s == 0.0
+    assert 0.0 < long.timings.preempted_s < long.timings.total_s
+    assert long.timings.to_dict()["preempted_s"] == round(long.timings.preempted_s, 6)
