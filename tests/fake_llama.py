@@ -85,6 +85,9 @@ class FakeLlamaServer:
                     for ch in text:  # children interleaved, told apart by index (as n_cmpl streams them)
                         for i in range(n):
                             self._chunk({"index": i, "content": ch, "tokens": [1], "stop": False})
+                    if len(text) < body.get("n_predict", 10 ** 6):  # ended by itself: llama-server streams the
+                        for i in range(n):                           # end-of-turn token as an empty piece
+                            self._chunk({"index": i, "content": "", "tokens": [2], "stop": False})
                     for i in range(n):
                         self._chunk({"index": i, "content": "", "stop": True, "stop_type": "eos",
                                      "tokens_evaluated": max(1, len(body["prompt"]) // 4),

@@ -172,3 +172,13 @@ def test_ponder_lanes_names_the_engine_it_found(template, tmp_path):
     rows = {r["lane"]: r for r in json.loads(p.stdout)}
     assert rows["sg"]["dialect"] == "sglang" and "text_completion" in rows["sg"]["capabilities"]
     assert rows["plain"]["dialect"] is None and "text_completion" not in rows["plain"]["capabilities"]
+
+
+def test_a_token_without_text_counts_with_the_next_text_and_not_at_the_end():
+    from ponder.backends.dialects import Piece, TokenTally
+
+    t = TokenTally()
+    assert t.take(Piece("", 1)) is None                  # the first bytes of a split character...
+    assert t.take(Piece("\u00e9", 1)).tokens == 2        # ...count with the text that completes it
+    assert t.take(Piece("", 1)) is None                  # the end-of-turn token: held, and the call ends
+    assert t.take(None) is None

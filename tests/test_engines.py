@@ -211,3 +211,60 @@ def test_early_exit_probes_the_trace_through_raw_completions(client, engine):
     assert t["used"] < 16 or (t["probes"] >= 1 and t["probe_tokens"] >= 1), t  # a trace past 16 tokens was probed
     assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == t["used"] + t["probe_tokens"]
     assert t["used"] <= 96 and t["stopped"] in ("end", "budget", "settled", "repetition")
+
+
+def test_samples_of_one_prompt_share_one_prefill_on_the_engine(tmp_path):
+    """A real llama-server with 4 slots.  4 samples that answer in one call (thinking off) are one n_cmpl call:
+    the engine prefills the prompt once (its own prompt-token counter) where 4 separate calls prefill it in every
+    slot, and the samples differ.  4 capped samples (24 of 24 thinking tokens each) continue alone after the
+    cap; llama-server forgets a child's prompt, so there the group saves nothing but costs little more."""
+    import asyncio
+    import re
+
+    import httpx
+
+    from ponder.backends.base import SampleSpec
+    from ponder.backends.probe import text_engine_or_none
+    from ponder.config import LaneConfig
+    from ponder.thinking.machine import LoopGuardSettings
+    from ponder.types import Message, Sampling, ThinkingBudget
+
+    server = LlamaServer(tmp_path / "s", slots=4, metrics=True)
+
+    def prefilled() -> int:
+        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=10).text
+        return int(float(re.search(r"^llamacpp:prompt_tokens_total\s+([0-9.e+]+)", text, re.M).group(1)))
+
+    def draw(tag: str, grouped: bool, budget: ThinkingBudget) -> tuple[int, list]:
+        backend = text_engine_or_none(LaneConfig(name="s", backend="openai", base_url=server.url,
+                                                 health_interval_s=0))
+        spec = SampleSpec((Message("system", f"[{tag}] " + "You are a careful, terse assistant. " * 20),
+                           Message("user", "What is 12 + 7?")), budget,
+                          Sampling(seed=5, temperature=0.8, max_answer_tokens=12),
+                          loop_guard=LoopGuardSettings(enabled=False))
+        if not grouped:
+            backend.slots_per_replica = 0  # no groups, no pinning: one plain call per sample
+        before = prefilled()
+        try:
+            gens = asyncio.run(backend.sample_many(spec, 4))
+        finally:
+            asyncio.run(backend.aclose())
+        return prefilled() - before, gens
+
+    try:
+        off = ThinkingBudget(0)
+        apart, _ = draw("apart", False, off)
+        together, gens = draw("together", True, off)
+        capped = ThinkingBudget(24, min_tokens=24)
+        capped_apart, _ = draw("capped apart", False, capped)
+        capped_together, capped_gens = draw("capped together", True, capped)
+    finally:
+        server.stop()
+    assert all(g.answer for g in gens) and len({g.answer for g in gens}) > 1
+    assert together < 0.4 * apart, (together, apart)  # ~1 prefill against ~4
+    # exact: a sample that thought to its cap has 24 (the end-of-turn token is never counted); one that kept
+    # ending early despite its Wait, cues may stop below its minimum, never above its cap
+    assert all(g.answer and g.usage.thinking_tokens <= 24 for g in capped_gens)
+    assert all(g.usage.thinking_tokens == 24 for g in capped_gens if g.thinking_report.stopped == "budget")
+    assert any(g.thinking_report.stopped == "budget" for g in capped_gens)
+    assert capped_together < 1.3 * capped_apart, (capped_together, capped_apart)

@@ -33,6 +33,26 @@ class Piece:
     logprob: TokenLogprob | None = None
 
 
+class TokenTally:
+    """Tokens that arrive without text are held and counted with the next piece of text: the first bytes of a
+    character split across tokens get their text later, while the end-of-turn token (llama-server streams it as
+    an empty piece) never does — held when the call ends, it is not counted, as the embedded engine does not
+    count it either, so a thinking budget stays exact."""
+
+    def __init__(self) -> None:
+        self.held = 0
+
+    def take(self, piece: "Piece | None") -> "Piece | None":
+        if piece is None:
+            return None
+        if not piece.text:
+            self.held += piece.tokens
+            return None
+        if self.held:
+            piece, self.held = Piece(piece.text, piece.tokens + self.held, piece.logprob), 0
+        return piece
+
+
 @dataclass
 class CallEnd:
     """How a completion call ended, as the engine reports it."""

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ponder.telemetry import span
 from ponder.backends.base import CONTROL_SLACK, SampleSpec
-from ponder.backends.dialects import CallEnd, priority_fields
+from ponder.backends.dialects import CallEnd, TokenTally, priority_fields
 from ponder.backends.replicas import AFFINITY_CHARS
 from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
@@ -136,7 +136,7 @@ async def _run_tool(backend: Any, spec: SampleSpec, m: Any, d: Decision, tools: 
 
 async def _stream(backend: Any, replica: Any, body: dict, m: Any, spec: SampleSpec, deadline: Deadline | None):
     """Stream one completion into the machine: (the machine's decision that ended it or None, how it ended)."""
-    end = CallEnd()
+    end, tally = CallEnd(), TokenTally()
     limit = backend.timeout_s if deadline is None else min(backend.timeout_s, max(0.05, deadline.left() + 1.0))
     try:
         async with asyncio.timeout(limit):
@@ -150,6 +150,7 @@ async def _stream(backend: Any, replica: Any, body: dict, m: Any, spec: SampleSp
                     piece, last = backend.dialect.read(json.loads(line[5:].strip()))
                     if last is not None:
                         end = last
+                    piece = tally.take(piece)
                     if piece is not None:
                         d = m.feed(piece.text, piece.tokens, piece.logprob)
                         if d.kind != "continue":

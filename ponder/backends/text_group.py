@@ -27,7 +27,7 @@ import json
 from typing import Any
 
 from ponder.backends.base import SampleSpec
-from ponder.backends.dialects import CallEnd, priority_fields
+from ponder.backends.dialects import CallEnd, TokenTally, priority_fields
 from ponder.backends.http import ConnectFailed
 from ponder.backends.replicas import AFFINITY_CHARS
 from ponder.backends.text_driver import calls, prompt_and_room, settle
@@ -39,8 +39,9 @@ from ponder.types import Generation, Usage
 def groupable(backend: Any, spec: SampleSpec, n: int) -> bool:
     """Can ``n`` samples of ``spec`` share one prefill on this engine?"""
     return (n > 1 and getattr(backend.dialect, "groups", False) and backend.slots_per_replica > 1
-            and spec.tools is None and spec.monitor is None and spec.budget.max_tokens > 0
-            and spec.given_thinking is None)
+            and spec.tools is None and spec.monitor is None and spec.given_thinking is None
+            # the group call carries no grammar: a sample that starts in its answer must not need one
+            and (spec.budget.max_tokens > 0 or spec.sampling.grammar is None))
 
 
 class _Member:
@@ -52,6 +53,7 @@ class _Member:
         self.usage, self.tools = Usage(), []
         self.decision = None
         self.end: CallEnd | None = None
+        self.tally = TokenTally()
 
         def emit(e) -> None:
             self.clock.saw(e)
@@ -128,6 +130,7 @@ async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Membe
                         continue
                     mb = group[idx]
                     piece, last = backend.dialect.read(obj)
+                    piece = mb.tally.take(piece)
                     if piece is not None and mb.open:
                         d = mb.m.feed(piece.text, piece.tokens, piece.logprob)
                         if d.kind != "continue":
