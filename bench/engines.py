@@ -59,12 +59,12 @@ def engine(servers, *, affinity: bool = True):
     return b
 
 
-async def self_consistency(servers, affinity: bool, tag: str) -> tuple[int, int]:
+async def self_consistency(servers, affinity: bool, tag: str, think: int = 24) -> tuple[int, int]:
     """Prefilled tokens of one SC n=8 request whose prompt no engine has seen (``tag`` starts it)."""
     b = engine(servers, affinity=affinity)
     before = prefilled(servers)
     system = f"[{tag}] " + SYSTEM
-    req = StrategyRequest((Message("system", system), Message("user", "What is 37 * 12?")), ThinkingBudget(24),
+    req = StrategyRequest((Message("system", system), Message("user", "What is 37 * 12?")), ThinkingBudget(think),
                           Sampling(seed=7, max_answer_tokens=8))
     await draw(req, b, 8)
     await b.aclose()
@@ -145,6 +145,12 @@ async def main(rounds: int) -> None:
             print(f"1. self-consistency n=8, prompt of {prompt:.0f} tokens, {rounds} rounds: prefilled "
                   f"{a:.0f} tokens with affinity ({a / prompt:.2f}x one prompt), {r:.0f} round robin "
                   f"({r / prompt:.2f}x); target <= 1.2x with affinity: {'met' if a / prompt <= 1.2 else 'NOT met'}")
+            off = [await self_consistency(servers, True, f"round {k} off", think=0) for k in range(rounds)]
+            a0 = statistics.mean(n for n, _ in off)
+            p0 = statistics.mean(p for _, p in off)
+            print(f"   the same with thinking off (every sample answers in one call: one n_cmpl group call per 4 "
+                  f"slots): prefilled {a0:.0f} tokens with affinity ({a0 / p0:.2f}x one prompt; target <= 1.2x: "
+                  f"{'met' if a0 / p0 <= 1.2 else 'NOT met'})")
             cont = await capped(servers, chat=False)
             chat = await capped(servers, chat=True)
             print(f"2. capped at 64 thinking tokens: beyond the prompt, the continuation prefilled {cont[0]} tokens "

@@ -49,6 +49,7 @@ def test_llama_server_body_is_unchanged_by_the_new_dialects():
     b = LlamaServerDialect().completion_body("p", max_tokens=8, sampling=S, stop=(), n_probs=0, grammar=None,
                                              stream=True, slot=2)
     assert b["n_predict"] == 8 and b["cache_prompt"] is True and b["id_slot"] == 2 and "model" not in b
+    assert b["timings_per_token"] is True  # the first piece then carries the prompt counts
 
 
 def test_openai_completion_chunks_are_read_token_exact():
@@ -182,3 +183,14 @@ def test_a_token_without_text_counts_with_the_next_text_and_not_at_the_end():
     assert t.take(Piece("\u00e9", 1)).tokens == 2        # ...count with the text that completes it
     assert t.take(Piece("", 1)) is None                  # the end-of-turn token: held, and the call ends
     assert t.take(None) is None
+
+
+def test_llama_server_reports_reused_prompt_tokens_not_its_cache_size():
+    """From a real llama-server final chunk (fresh prompt, 373 prompt tokens, 32 generated): ``cache_n`` 0 means
+    nothing was reused; ``tokens_cached`` (prompt and generated now in the slot) is not a reuse count."""
+    end = LlamaServerDialect().end({"stop": True, "stop_type": "eos", "tokens_evaluated": 373, "tokens_cached": 404,
+                                    "tokens_predicted": 32, "timings": {"cache_n": 0, "prompt_n": 373}})
+    assert (end.prompt_tokens, end.cached_tokens, end.predicted) == (373, 0, 32)
+    again = LlamaServerDialect().end({"stop": True, "tokens_evaluated": 407, "tokens_cached": 412,
+                                      "timings": {"cache_n": 404, "prompt_n": 3}})
+    assert again.cached_tokens == 404

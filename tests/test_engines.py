@@ -268,3 +268,26 @@ def test_samples_of_one_prompt_share_one_prefill_on_the_engine(tmp_path):
     assert all(g.usage.thinking_tokens == 24 for g in capped_gens if g.thinking_report.stopped == "budget")
     assert any(g.thinking_report.stopped == "budget" for g in capped_gens)
     assert capped_together < 1.3 * capped_apart, (capped_together, capped_apart)
+
+
+def test_cached_prompt_tokens_are_what_the_engine_reused(engine):
+    """A prompt the engine has not seen reports only its template's shared start as cached (the default system
+    prompt other requests put in the slot); the same prompt again reports all but its last token or so.  Read
+    from the first streamed piece: the thinking is capped, so ponder closes its first call before the end."""
+    import asyncio
+
+    from ponder.backends.base import SampleSpec
+    from ponder.backends.probe import text_engine_or_none
+    from ponder.config import LaneConfig
+    from ponder.types import Message, Sampling, ThinkingBudget
+
+    backend = text_engine_or_none(LaneConfig(name="e", backend="openai", base_url=engine.url, health_interval_s=0))
+    spec = SampleSpec((Message("user", f"[cache {time.time()}] Name three colours."),), ThinkingBudget(8),
+                      Sampling(seed=1, max_answer_tokens=4))
+    try:
+        first = asyncio.run(backend.sample(spec))
+        second = asyncio.run(backend.sample(spec))
+    finally:
+        asyncio.run(backend.aclose())
+    assert first.usage.prompt_tokens > 10 and first.usage.cached_prompt_tokens < first.usage.prompt_tokens - 10
+    assert second.usage.prompt_tokens - 2 <= second.usage.cached_prompt_tokens < second.usage.prompt_tokens

@@ -89,6 +89,9 @@ class LlamaServerDialect:
             body["grammar"] = grammar
         if slot is not None:
             body["id_slot"] = slot
+        if stream:
+            # the first streamed piece then says what was prefilled and reused, even if ponder closes the stream
+            body["timings_per_token"] = True
         return body
 
     def piece(self, obj: dict) -> Piece | None:
@@ -106,11 +109,19 @@ class LlamaServerDialect:
         t = obj.get("timings") or {}
         kind = obj.get("stop_type") or ("eos" if obj.get("stopped_eos") else "")
         reason = {"eos": "stop", "limit": "length", "word": "word"}.get(kind, "stop")
+        # timings.cache_n: prompt tokens this call reused from the slot's cache (0 is an answer, not a gap);
+        # tokens_cached is the cache's size after the call (prompt and generated), not what was reused
         return CallEnd(reason, obj.get("stopping_word") or None, int(obj.get("tokens_evaluated") or 0),
-                       int(t.get("cache_n") or obj.get("tokens_cached") or 0), int(obj.get("tokens_predicted") or 0))
+                       int(t.get("cache_n") or 0), int(obj.get("tokens_predicted") or 0))
 
     def read(self, obj: dict) -> tuple[Piece | None, CallEnd | None]:
         return self.piece(obj), (self.end(obj) if obj.get("stop") else None)
+
+    def counts(self, obj: dict) -> CallEnd | None:
+        """The prompt counts a streamed piece carries before the call ends (``timings_per_token``)."""
+        if obj.get("stop") or "timings" not in obj:
+            return None
+        return CallEnd("stop", None, int(obj.get("tokens_evaluated") or 0), int(obj["timings"].get("cache_n") or 0))
 
     def result(self, obj: dict) -> tuple[str, CallEnd]:
         return obj.get("content") or "", self.end(obj)
@@ -196,6 +207,9 @@ class OpenAICompletionsDialect:
         details = u.get("prompt_tokens_details") or {}
         return CallEnd(reason, stop_reason if isinstance(stop_reason, str) else None, int(u.get("prompt_tokens") or 0),
                        int(details.get("cached_tokens") or 0), int(u.get("completion_tokens") or 0))
+
+    def counts(self, obj: dict) -> CallEnd | None:
+        return None  # the usage arrives with the last chunk only
 
     def result(self, obj: dict) -> tuple[str, CallEnd]:
         c = (obj.get("choices") or [{}])[0]

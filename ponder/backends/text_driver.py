@@ -147,9 +147,12 @@ async def _stream(backend: Any, replica: Any, body: dict, m: Any, spec: SampleSp
                 async for line in resp.iter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
-                    piece, last = backend.dialect.read(json.loads(line[5:].strip()))
+                    obj = json.loads(line[5:].strip())
+                    piece, last = backend.dialect.read(obj)
                     if last is not None:
                         end = last
+                    elif not end.prompt_tokens:
+                        end = backend.dialect.counts(obj) or end
                     piece = tally.take(piece)
                     if piece is not None:
                         d = m.feed(piece.text, piece.tokens, piece.logprob)

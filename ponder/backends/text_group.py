@@ -54,6 +54,8 @@ class _Member:
         self.decision = None
         self.end: CallEnd | None = None
         self.tally = TokenTally()
+        #: the prompt counts its child's first piece carried (llama-server), for when its end never arrives
+        self.counts: CallEnd | None = None
 
         def emit(e) -> None:
             self.clock.saw(e)
@@ -77,12 +79,16 @@ async def drive_group(backend: Any, spec: SampleSpec, n: int, start: int, on_eve
     await asyncio.gather(*(_group_call(backend, base, room, g) for g in groups))
 
     # every member read the same prompt: a member whose end the stream did not reach takes another's count
-    known = next((mb.end.prompt_tokens for mb in members if mb.end is not None and mb.end.prompt_tokens), 0)
+    def seen(mb: _Member) -> CallEnd | None:
+        return mb.end if mb.end is not None and mb.end.prompt_tokens else mb.counts
+
+    known = next((seen(mb).prompt_tokens for mb in members if seen(mb) is not None and seen(mb).prompt_tokens), 0)
 
     async def finish(mb: _Member) -> Generation:
-        if mb.end is not None and mb.end.prompt_tokens:
-            mb.usage.prompt_tokens = mb.end.prompt_tokens
-            mb.usage.cached_prompt_tokens = min(mb.end.cached_tokens, mb.end.prompt_tokens)
+        c = seen(mb)
+        if c is not None and c.prompt_tokens:
+            mb.usage.prompt_tokens = c.prompt_tokens
+            mb.usage.cached_prompt_tokens = min(c.cached_tokens, c.prompt_tokens)
         else:
             mb.usage.prompt_tokens = known or backend.count_tokens(base)
         if mb.m.phase != "done":
@@ -137,6 +143,8 @@ async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Membe
                             mb.decision = d
                     if last is not None:
                         mb.end = last
+                    elif mb.counts is None:
+                        mb.counts = backend.dialect.counts(obj)
                     _interrupts(group, spec)
                     if not any(x.open for x in group):
                         return  # leaving the block closes the stream: children still running are stopped
