@@ -264,6 +264,7 @@ def test_a_paused_request_reports_how_long_it_was_paused():
             return await svc.run(plan).execute()
 
         try:
+            await one(0.0, effort="none", max_answer_tokens=1)  # the model loaded before the clock matters
             return await asyncio.gather(one(0.0, priority="batch", max_thinking_tokens=160, min_thinking_tokens=160,
                                             max_answer_tokens=4),
                                         one(0.5, effort="none", max_answer_tokens=6))
