@@ -27,6 +27,8 @@ class FakeLlamaServer:
         self.slots = slots
         #: serve ``n_cmpl`` children in one stream (newer llama-server); False: ignore it, as older ones do
         self.n_cmpl = n_cmpl
+        #: stream a malformed chunk instead of a completion
+        self.garbage = False
         self.port = free_port()
         fake = self
 
@@ -82,6 +84,10 @@ class FakeLlamaServer:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 try:
+                    if fake.garbage:
+                        data = b"data: {not json\n\n"
+                        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n")
+                        return
                     for ch in text:  # children interleaved, told apart by index (as n_cmpl streams them)
                         for i in range(n):
                             self._chunk({"index": i, "content": ch, "tokens": [1], "stop": False})

@@ -127,3 +127,23 @@ def test_an_engine_without_n_cmpl_still_gives_every_sample():
     """An older llama-server ignores n_cmpl and streams one completion: the other samples run on their own."""
     fake, gens = _group_run(False)
     assert len(gens) == 6 and all(g.usage.thinking_tokens == 20 and g.answer == "6" for g in gens)
+
+
+def test_a_malformed_group_stream_is_an_upstream_error_not_a_crash():
+    import pytest
+    from fake_llama import FakeLlamaServer
+
+    from ponder.backends.probe import text_engine_or_none
+    from ponder.config import LaneConfig
+    from ponder.errors import BackendError
+
+    fake = FakeLlamaServer(lambda p: "x", slots=4, n_cmpl=True)
+    backend = text_engine_or_none(LaneConfig(name="one", backend="openai", base_url=fake.url, health_interval_s=0))
+    fake.garbage = True
+    spec = SampleSpec((Message("user", "3 + 3?"),), ThinkingBudget(8), Sampling(seed=1, max_answer_tokens=4))
+    try:
+        with pytest.raises(BackendError, match="malformed"):
+            asyncio.run(backend.sample_many(spec, 3))
+    finally:
+        asyncio.run(backend.aclose())
+        fake.close()

@@ -6,12 +6,11 @@ samples on 4 slots).  A call with ``n_cmpl: k`` prefills the prompt once and
 copies its KV to ``k - 1`` child slots; the children's tokens arrive in one
 stream, told apart by ``index``.  Each sample keeps its own thinking machine:
 
-* the group call runs up to the thinking cap (``n_predict``), so a sample
-  that thinks to its cap ends there by itself, exactly at the cap;
-* a sample whose machine decides something (close, ``Wait,``, a deadline)
-  leaves the group: the rest of its child's tokens are ignored (at most up
-  to the cap), and it continues alone with :func:`ponder.backends.text_driver.calls`
-  — the same path as a single sample, pinned to a slot;
+* a sample whose machine decides something (the cap's close, ``Wait,``, a
+  deadline) leaves the group: the rest of its child's tokens are ignored,
+  and it continues alone with :func:`ponder.backends.text_driver.calls` —
+  the same path as a single sample, pinned to a slot; once every sample has
+  left, the stream is closed and the engine stops the children;
 * a sample whose child ended by itself before its machine was done
   (end of turn, the call's limit) continues alone the same way.
 
@@ -28,10 +27,10 @@ from typing import Any
 
 from ponder.backends.base import SampleSpec
 from ponder.backends.dialects import CallEnd, TokenTally, priority_fields
-from ponder.backends.http import ConnectFailed
+from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.backends.replicas import AFFINITY_CHARS
 from ponder.backends.text_driver import calls, prompt_and_room, settle
-from ponder.errors import UpstreamTimeout, UpstreamUnreachable
+from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
 from ponder.thinking import control
 from ponder.types import Generation, Usage
 
@@ -120,7 +119,6 @@ async def _group_call(backend: Any, base: str, room: int, group: list[_Member]) 
 
 async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Member]) -> None:
     """Feed each child's tokens to its sample's machine until every sample has left the group or ended."""
-    spec = group[0].spec
     try:
         async with asyncio.timeout(backend.timeout_s):
             resp = await backend.root_pool(replica).post_json(backend.dialect.path, body)
@@ -145,7 +143,7 @@ async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Membe
                         mb.end = last
                     elif mb.counts is None:
                         mb.counts = backend.dialect.counts(obj)
-                    _interrupts(group, spec)
+                    _interrupts(group)
                     if not any(x.open for x in group):
                         return  # leaving the block closes the stream: children still running are stopped
     except TimeoutError:
@@ -153,9 +151,13 @@ async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Membe
                               f"{backend.timeout_s:g}s") from None
     except ConnectFailed:
         raise UpstreamUnreachable(f"the upstream of lane {backend.name!r} is unreachable") from None
+    except ConnectionCut:
+        raise BackendError(f"the upstream stream of lane {backend.name!r} was cut off") from None
+    except ValueError:
+        raise BackendError(f"the upstream of lane {backend.name!r} sent a malformed stream chunk") from None
 
 
-def _interrupts(group: list[_Member], spec: SampleSpec) -> None:
+def _interrupts(group: list[_Member]) -> None:
     """Cancellation and deadlines reach every sample still reading the group stream."""
     for mb in group:
         if not mb.open:
