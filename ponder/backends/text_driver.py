@@ -11,10 +11,11 @@ grammar.  Deadlines and cancellation stop it between pieces.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from ponder.telemetry import span
 from ponder.backends.base import CONTROL_SLACK, SampleSpec
@@ -134,20 +135,40 @@ async def _run_tool(backend: Any, spec: SampleSpec, m: Any, d: Decision, tools: 
     return m.tool_result(result, answer_now=spec.tools.exhausted(len(tools)))
 
 
+async def sse_objects(backend: Any, replica: Any, body: dict) -> AsyncIterator[dict]:
+    """The JSON objects of one streamed completion on ``replica`` (``data:`` lines, ``[DONE]`` skipped).  Close it
+    (``contextlib.aclosing``) to close the connection: the engine then stops the call."""
+    resp = await backend.root_pool(replica).post_json(backend.dialect.path, body)
+    async with resp:
+        if resp.status >= 400:
+            raise await backend._http_error(resp)
+        async for line in resp.iter_lines():
+            if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                yield json.loads(line[5:].strip())
+
+
+@contextlib.contextmanager
+def upstream_errors(backend: Any) -> Iterator[None]:
+    """A streamed completion's transport failures as the upstream's typed errors (one error path)."""
+    try:
+        yield
+    except ConnectFailed:
+        raise UpstreamUnreachable(f"the upstream of lane {backend.name!r} is unreachable") from None
+    except ConnectionCut as exc:
+        log.warning("lane %s: %s", backend.name, exc)
+        raise BackendError(f"the upstream stream of lane {backend.name!r} was cut off") from None
+    except ValueError:
+        raise BackendError(f"the upstream of lane {backend.name!r} sent a malformed stream chunk") from None
+
+
 async def _stream(backend: Any, replica: Any, body: dict, m: Any, spec: SampleSpec, deadline: Deadline | None):
     """Stream one completion into the machine: (the machine's decision that ended it or None, how it ended)."""
     end, tally = CallEnd(), TokenTally()
     limit = backend.timeout_s if deadline is None else min(backend.timeout_s, max(0.05, deadline.left() + 1.0))
     try:
-        async with asyncio.timeout(limit):
-            resp = await backend.root_pool(replica).post_json(backend.dialect.path, body)
-            async with resp:
-                if resp.status >= 400:
-                    raise await backend._http_error(resp)
-                async for line in resp.iter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    obj = json.loads(line[5:].strip())
+        with upstream_errors(backend):
+            async with asyncio.timeout(limit), contextlib.aclosing(sse_objects(backend, replica, body)) as objs:
+                async for obj in objs:
                     piece, last = backend.dialect.read(obj)
                     if last is not None:
                         end = last
@@ -167,10 +188,3 @@ async def _stream(backend: Any, replica: Any, body: dict, m: Any, spec: SampleSp
         if deadline is not None and deadline.passed:
             return m.interrupt("deadline"), end
         raise UpstreamTimeout(f"the upstream of lane {backend.name!r} did not finish within {limit:g}s") from None
-    except ConnectFailed:
-        raise UpstreamUnreachable(f"the upstream of lane {backend.name!r} is unreachable") from None
-    except ConnectionCut as exc:
-        log.warning("lane %s: %s", backend.name, exc)
-        raise BackendError(f"the upstream stream of lane {backend.name!r} was cut off") from None
-    except ValueError:
-        raise BackendError(f"the upstream of lane {backend.name!r} sent a malformed stream chunk") from None

@@ -22,15 +22,14 @@ closing its stream).
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 from typing import Any
 
 from ponder.backends.base import SampleSpec
 from ponder.backends.dialects import CallEnd, TokenTally, priority_fields
-from ponder.backends.http import ConnectFailed, ConnectionCut
 from ponder.backends.replicas import AFFINITY_CHARS
-from ponder.backends.text_driver import calls, prompt_and_room, settle
-from ponder.errors import BackendError, UpstreamTimeout, UpstreamUnreachable
+from ponder.backends.text_driver import calls, prompt_and_room, settle, sse_objects, upstream_errors
+from ponder.errors import UpstreamTimeout
 from ponder.thinking import control
 from ponder.types import Generation, Usage
 
@@ -120,15 +119,10 @@ async def _group_call(backend: Any, base: str, room: int, group: list[_Member]) 
 async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Member]) -> None:
     """Feed each child's tokens to its sample's machine until every sample has left the group or ended."""
     try:
-        async with asyncio.timeout(backend.timeout_s):
-            resp = await backend.root_pool(replica).post_json(backend.dialect.path, body)
-            async with resp:
-                if resp.status >= 400:
-                    raise await backend._http_error(resp)
-                async for line in resp.iter_lines():
-                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
-                        continue
-                    obj = json.loads(line[5:].strip())
+        with upstream_errors(backend):
+            async with asyncio.timeout(backend.timeout_s), \
+                    contextlib.aclosing(sse_objects(backend, replica, body)) as objs:
+                async for obj in objs:
                     idx = int(obj.get("index") or 0)
                     if idx >= len(group):
                         continue
@@ -149,12 +143,6 @@ async def _read_group(backend: Any, replica: Any, body: dict, group: list[_Membe
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream of lane {backend.name!r} did not finish within "
                               f"{backend.timeout_s:g}s") from None
-    except ConnectFailed:
-        raise UpstreamUnreachable(f"the upstream of lane {backend.name!r} is unreachable") from None
-    except ConnectionCut:
-        raise BackendError(f"the upstream stream of lane {backend.name!r} was cut off") from None
-    except ValueError:
-        raise BackendError(f"the upstream of lane {backend.name!r} sent a malformed stream chunk") from None
 
 
 def _interrupts(group: list[_Member]) -> None:
