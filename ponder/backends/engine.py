@@ -357,9 +357,7 @@ class Engine(SequenceControl, Scheduling, LlamaRuntime):
         self._seqs.remove(s)
         self._free_slots.append(s.slot)
         if post:
-            if s.preempted_at is not None:
-                s.preempted_s += time.perf_counter() - s.preempted_at
-                s.preempted_at = None
+            s.unpause(time.perf_counter())
             s.req.post(Done(s.generated, len(s.prompt), s.cached, reason, scores, s.injected, s.preempted_s))
 
     def _fail(self, s: Seq, err: BaseException) -> None:

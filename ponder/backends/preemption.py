@@ -65,16 +65,20 @@ class Scheduling:
         for i, g in enumerate(self._waiting):
             m = g.members[0]
             # ``fair = False`` (benches only): first come, first served within a class
-            start = max(self._vtime, self._vfinish.get(m.key, 0.0)) if getattr(self, "fair", True) else 0.0
+            start = self._start_tag(m.key) if getattr(self, "fair", True) else 0.0
             rank = (m.priority, m.deadline.at if m.deadline is not None else float("inf"), start, g.t_submit)
             if best is None or rank < best:
                 best, best_i = rank, i
         return best_i
 
+    def _start_tag(self, key: str) -> float:
+        """Start-time fair queuing: a key's next group starts at the virtual time or its last finish tag."""
+        return max(self._vtime, self._vfinish.get(key, 0.0))
+
     def _charge(self, g: Any) -> None:
         """The admitted group's samples count against its key's share."""
         m = g.members[0]
-        start = max(self._vtime, self._vfinish.get(m.key, 0.0))
+        start = self._start_tag(m.key)
         self._vfinish[m.key] = start + len(g.members) / max(m.weight, 1e-6)
         self._vtime = start
 
@@ -113,11 +117,17 @@ class Scheduling:
                 # cancelled, or no cells to answer in: it ends with what it has, never restored
                 self._finish(s, "cancelled" if r.cancel.cancelled else "deadline")
                 continue
-            s.preempted_s += now - s.preempted_at
-            s.preempted_at = None
+            self._unpause(s, now)
             s.must_run = True
-            self.resumed += 1
             self._check_interrupt(s)
+
+    def _pause(self, s: Any, now: float) -> None:
+        s.preempted_at = now
+        self.preemptions += 1
+
+    def _unpause(self, s: Any, now: float) -> None:
+        s.unpause(now)
+        self.resumed += 1
 
     def _decoding(self) -> list:
         return [s for s in self._seqs if s.preempted_at is None and s.state != "done"]
@@ -142,8 +152,7 @@ class Scheduling:
             return False
         now = time.perf_counter()
         for s in victims:
-            s.preempted_at = now
-            self.preemptions += 1
+            self._pause(s, now)
         return True
 
     def _resume_preempted(self) -> None:
@@ -155,8 +164,7 @@ class Scheduling:
             now = time.perf_counter()
             for s in live:
                 if s.req.priority > 0 and s.preempted_at is None and s.state == "decode" and not s.must_run:
-                    s.preempted_at = now
-                    self.preemptions += 1
+                    self._pause(s, now)
             return
         paused = sorted((s for s in live if s.preempted_at is not None), key=lambda s: (s.req.priority, s.t_admit))
         if not paused:
@@ -169,9 +177,7 @@ class Scheduling:
                 break
             if s.saved is not None and not self._restore(s):
                 break
-            s.preempted_s += now - s.preempted_at
-            s.preempted_at = None
-            self.resumed += 1
+            self._unpause(s, now)
             free -= 1
 
     # -- saving out of the KV cache ------------------------------------------------
@@ -224,8 +230,7 @@ class Scheduling:
         # restored alone, it holds its own prompt cells besides its continuation
         s.reserved, s.saved_reserve = 0, len(s.prompt) + s.req.max_new
         if s.preempted_at is None:
-            s.preempted_at = time.perf_counter()
-            self.preemptions += 1
+            self._pause(s, time.perf_counter())
         self.saved += 1
 
     def _restore(self, s: Any) -> bool:

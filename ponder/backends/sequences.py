@@ -149,6 +149,12 @@ class Seq:
         self.saved = None
         self.saved_reserve = 0
 
+    def unpause(self, now: float) -> None:
+        """Back from a pause for a more urgent class: its length joins ``preempted_s``."""
+        if self.preempted_at is not None:
+            self.preempted_s += now - self.preempted_at
+            self.preempted_at = None
+
     @property
     def positions(self) -> int:
         return len(self.prompt) + len(self.cont)
