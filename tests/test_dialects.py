@@ -30,7 +30,7 @@ def test_vllm_completion_bodies_per_capability():
     assert "stream_options" not in d.completion_body("p", max_tokens=8, sampling=S, stop=(), n_probs=0,
                                                      grammar=None, stream=False)
     assert d.score_body("p", 50)["max_tokens"] == 1 and d.score_body("p", 50)["temperature"] == 0.0
-    assert d.tokenize_body("Wait,", "m") == {"model": "m", "prompt": "Wait,", "add_special_tokens": False}
+    assert VLLMDialect("m").tokenize_body("Wait,") == {"model": "m", "prompt": "Wait,", "add_special_tokens": False}
     assert priority_fields("vllm", (0, "k", 1.0)) == {"priority": 0}
     assert d.path == "/v1/completions" and not d.pins_slots
 

@@ -76,6 +76,9 @@ class LlamaServerDialect:
     #: one call prefills a prompt once for several samples (``n_cmpl`` children: ponder.backends.text_group)
     groups = True
 
+    def __init__(self, model: str = "default") -> None:
+        self.model = model  # (llama-server serves one model: its bodies do not name it)
+
     def completion_body(self, prompt: str, *, max_tokens: int, sampling: Sampling, stop: Sequence[str],
                         n_probs: int, grammar: str | None, stream: bool, slot: int | None = None) -> dict:
         body: dict[str, Any] = {"prompt": prompt, "n_predict": max(1, max_tokens), "stream": stream,
@@ -136,7 +139,7 @@ class LlamaServerDialect:
         top = ((obj.get("completion_probabilities") or [{}])[0] or {}).get("top_logprobs") or []
         return {int(t["id"]): float(t["logprob"]) for t in top if "id" in t and "logprob" in t}
 
-    def tokenize_body(self, text: str, model: str) -> dict:
+    def tokenize_body(self, text: str) -> dict:
         return {"content": text, "add_special": False}
 
 
@@ -224,8 +227,8 @@ class OpenAICompletionsDialect:
         tops = ((c.get("logprobs") or {}).get("top_logprobs") or [None])[0] or {}
         return {str(t): float(v) for t, v in tops.items()}
 
-    def tokenize_body(self, text: str, model: str) -> dict:
-        return {"model": model, "prompt": text, "add_special_tokens": False}
+    def tokenize_body(self, text: str) -> dict:
+        return {"model": self.model, "prompt": text, "add_special_tokens": False}
 
 
 class VLLMDialect(OpenAICompletionsDialect):

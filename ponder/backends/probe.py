@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from ponder.backends.dialects import DIALECTS
 from ponder.thinking import prompts
 
 log = logging.getLogger("ponder.upstream")
@@ -52,11 +53,9 @@ def _probe(lane: Any, url: str) -> Any:
                 return None
             dialect, props = found
             model = lane.upstream_model or lane.model or props.get("_model") or "default"
-            counts = {}
+            counts, speaks = {}, DIALECTS[dialect](model)
             for text in (prompts.CONTINUE_CUE, prompts.CLOSE_THINKING, prompts.ANSWER_CUE):
-                body = ({"content": text, "add_special": False} if dialect == "llama-server"
-                        else {"model": model, "prompt": text, "add_special_tokens": False})
-                t = c.post("/tokenize", json=body)
+                t = c.post("/tokenize", json=speaks.tokenize_body(text))
                 if t.status_code == 200:
                     counts[text] = len(t.json().get("tokens") or ()) or 1
     except (httpx.HTTPError, ValueError) as exc:

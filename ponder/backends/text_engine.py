@@ -54,7 +54,7 @@ class TextEngineBackend(OpenAICompatBackend):
         self.replicas.watch(health_interval_s, self._headers)
         from ponder.backends.llama_cpp import template_formatter
 
-        self.dialect = DIALECTS[dialect]() if dialect == "llama-server" else DIALECTS[dialect](model)
+        self.dialect = DIALECTS[dialect](model)
         template = props.get("chat_template") or ""
         self._formatter = template_formatter(template, props.get("bos_token") or "", props.get("eos_token") or "")
         gen = props.get("default_generation_settings") or {}
@@ -110,7 +110,7 @@ class TextEngineBackend(OpenAICompatBackend):
         return {c: top.get(i, float("-inf")) if i is not None else float("-inf") for c, i in ids.items()}
 
     async def first_token(self, text: str) -> int | None:
-        obj = await self.post("/tokenize", self.dialect.tokenize_body(text, self.model), None)
+        obj = await self.post("/tokenize", self.dialect.tokenize_body(text), None)
         toks = obj.get("tokens") or []
         return int(toks[0]) if toks else None
 
