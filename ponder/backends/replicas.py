@@ -79,6 +79,9 @@ class Replicas:
         self.affinity = affinity
         self._turn = 0
         self._lock = threading.Lock()
+        #: the health checks' thread and its stop signal (``watch``)
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -166,9 +169,8 @@ class Replicas:
     # -- active health checks ----------------------------------------------------------------
     def watch(self, interval_s: float, headers: dict | None = None, path: str = "/health") -> None:
         """Check every replica's ``path`` every ``interval_s`` seconds on a daemon thread (``close`` stops it)."""
-        if interval_s <= 0 or getattr(self, "_watcher", None) is not None:
+        if interval_s <= 0 or self._watcher is not None:
             return
-        self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, args=(interval_s, headers or {}, path),
                                          name="ponder-health", daemon=True)
         self._watcher.start()
@@ -200,6 +202,4 @@ class Replicas:
             r.ejected_until = max(r.ejected_until, now + self.eject_s)
 
     def close(self) -> None:
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
+        self._stop.set()

@@ -80,7 +80,7 @@ async def drive_group(backend: Any, spec: SampleSpec, n: int, start: int, on_eve
     def seen(mb: _Member) -> CallEnd | None:
         return mb.end if mb.end is not None and mb.end.prompt_tokens else mb.counts
 
-    known = next((seen(mb).prompt_tokens for mb in members if seen(mb) is not None and seen(mb).prompt_tokens), 0)
+    known = next((c.prompt_tokens for c in map(seen, members) if c is not None and c.prompt_tokens), 0)
 
     async def finish(mb: _Member) -> Generation:
         c = seen(mb)
